@@ -1,0 +1,156 @@
+"""CPython baseline for mproc's benchmarks: the same workloads as
+bench/bench_process.cpp and bench/bench_connection.cpp, done with the stdlib
+`multiprocessing` (adapted from ../shared/anchors/python_mp_bench.py).
+
+    python3 bench/python_baseline.py [--scale S] [WORKLOAD ...]
+
+Prints one line per workload: name<TAB>value<TAB>unit (a leading '#' line
+names the interpreter). With no WORKLOAD, runs them all.
+"""
+import multiprocessing as mp
+import os
+import sys
+import time
+
+
+def noop():
+    pass
+
+
+def report(name, value, unit):
+    print(f"{name}\t{value:.3f}\t{unit}", flush=True)
+
+
+def bench_process_start(method, n):
+    ctx = mp.get_context(method)
+    # One process outside the timing: starts the fork server, warms imports.
+    p = ctx.Process(target=noop)
+    p.start()
+    p.join()
+    t = time.perf_counter()
+    for _ in range(n):
+        p = ctx.Process(target=noop)
+        p.start()
+        p.join()
+    dt = time.perf_counter() - t
+    return dt / n * 1e3
+
+
+def _pong(conn):
+    while True:
+        m = conn.recv()
+        if m is None:
+            return
+        conn.send(m)
+
+
+def _pong2(inp, out):
+    while True:
+        m = inp.recv()
+        if m is None:
+            return
+        out.send(m)
+
+
+def _pingpong(out, inp, n):
+    out.send(1)
+    inp.recv()
+    t = time.perf_counter()
+    for i in range(n):
+        out.send(i)
+        inp.recv()
+    dt = time.perf_counter() - t
+    out.send(None)
+    return dt / n * 1e6
+
+
+def bench_pipe_pingpong(n):
+    a, b = mp.Pipe()
+    p = mp.get_context("fork").Process(target=_pong, args=(b,))
+    p.start()
+    b.close()
+    r = _pingpong(a, a, n)
+    p.join()
+    return r
+
+
+def bench_pipe_pingpong_simplex(n):
+    down_r, down_w = mp.Pipe(False)
+    up_r, up_w = mp.Pipe(False)
+    p = mp.get_context("fork").Process(target=_pong2, args=(down_r, up_w))
+    p.start()
+    down_r.close()
+    up_w.close()
+    r = _pingpong(down_w, up_r, n)
+    p.join()
+    return r
+
+
+def _sink(conn):
+    while True:
+        m = conn.recv_bytes()
+        if not m:
+            return
+        conn.send_bytes(b"k")
+
+
+def bench_pipe_bandwidth(size, reps):
+    a, b = mp.Pipe()
+    p = mp.get_context("fork").Process(target=_sink, args=(b,))
+    p.start()
+    b.close()
+    buf = os.urandom(size)
+    a.send_bytes(buf)
+    a.recv_bytes()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a.send_bytes(buf)
+        a.recv_bytes()
+    dt = time.perf_counter() - t
+    a.send_bytes(b"")
+    p.join()
+    return size * reps / dt / 1e9
+
+
+# name -> (function of the scale helper s, unit)
+WORKLOADS = {
+    "process_start_join_fork": (lambda s: bench_process_start("fork", s(200)), "ms/process"),
+    "process_start_join_forkserver": (lambda s: bench_process_start("forkserver", s(100)), "ms/process"),
+    "process_start_join_spawn": (lambda s: bench_process_start("spawn", s(20)), "ms/process"),
+    "pipe_pingpong_small": (lambda s: bench_pipe_pingpong(s(20_000)), "us/roundtrip"),
+    "pipe_pingpong_small_simplex": (lambda s: bench_pipe_pingpong_simplex(s(20_000)), "us/roundtrip"),
+    "pipe_bandwidth_64MiB": (lambda s: bench_pipe_bandwidth(64 << 20, max(1, s(10))), "GB/s"),
+}
+
+
+def main(argv):
+    scale = 1.0
+    names = []
+    it = iter(argv)
+    for a in it:
+        if a in ("-h", "--help"):
+            print(__doc__.strip())
+            print("workloads: " + " ".join(WORKLOADS))
+            return 0
+        if a == "--scale":
+            scale = float(next(it))
+        elif a.startswith("--scale="):
+            scale = float(a.split("=", 1)[1])
+        elif a in WORKLOADS:
+            names.append(a)
+        else:
+            try:  # a bare number is the scale, as in the anchor script
+                scale = float(a)
+            except ValueError:
+                print(f"unknown workload {a!r}; known: {' '.join(WORKLOADS)}", file=sys.stderr)
+                return 2
+    s = lambda n: max(1, int(n * scale))  # noqa: E731
+    print(f"# python {sys.version.split()[0]} {sys.executable} cpus={os.cpu_count()}", flush=True)
+    for name in names or list(WORKLOADS):
+        fn, unit = WORKLOADS[name]
+        report(name, fn(s), unit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,162 @@
+// Connection and Pipe: framed, typed messages between two processes, as
+// Python's multiprocessing.connection.
+//
+// Wire format of one message: a 16-byte header {magic u32, tag u32, length u64}
+// then `length` payload bytes. tag 0 is raw bytes (send_bytes); any other tag
+// is the fingerprint of the C++ type that send<T>() serialized, so recv<U>()
+// of another type is caught before any byte of the payload is read.
+//
+// Errors (Python's names in brackets):
+// - the peer closed its end, or died, at a message boundary: ConnectionClosed
+//   [EOFError]; in the middle of a message: TruncatedMessage (a
+//   ConnectionClosed) with the bytes received / expected of the header or
+//   payload being read;
+// - send() to a peer that is gone: ConnectionClosed("peer closed: ...")
+//   [BrokenPipeError]; never SIGPIPE;
+// - bytes that are not a frame (bad magic): ProtocolError; the stream has lost
+//   its framing, so every later recv throws ProtocolError too;
+// - an announced length over the limit: MessageTooLarge, before anything is
+//   allocated; the message stays pending and a later call with a larger limit
+//   reads it;
+// - recv<T>() of a message of another type: TypeMismatch; stays pending;
+// - recv/send/poll on a closed connection or in a direction the connection
+//   does not have: mproc::Error ("recv on a write-only connection");
+// - offset/size outside the given buffer: std::out_of_range.
+// A Connection is not thread-safe (as in Python): one reader and one writer at
+// a time, or a lock around it.
+#pragma once
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "mproc/errors.hpp"
+#include "mproc/process.hpp"
+#include "mproc/serialize.hpp"
+
+namespace mproc {
+
+class Connection {
+ public:
+  static constexpr std::uint32_t kMagic = 0x4d505243;  // "MPRC"
+  static constexpr std::uint64_t kDefaultMaxMessageSize = std::uint64_t{1} << 30;
+
+  Connection() = default;
+  // Takes ownership of fd.
+  Connection(int fd, bool readable, bool writable);
+  Connection(Connection&&) noexcept;
+  Connection& operator=(Connection&&) noexcept;
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+  ~Connection();
+
+  // ---- typed messages ----
+  template <class T>
+  void send(const T& value) {
+    Bytes& buf = scratch_;
+    buf.assign(kHeaderSize, std::byte{0});
+    serialize_into(buf, value);
+    send_frame(type_tag<T>(), buf);
+  }
+  // Throws TypeMismatch (message stays pending) if the next message is not a T,
+  // DeserializeError if its bytes do not make a T, ConnectionClosed at EOF.
+  template <class T>
+  T recv() {
+    Bytes payload = recv_frame(type_tag<T>(), max_message_size_, typeid(T).name());
+    return from_bytes<T>(payload);
+  }
+
+  // ---- raw bytes ----
+  // Sends buf[offset, offset+size) (size defaults to the rest).
+  void send_bytes(std::span<const std::byte> buf, std::size_t offset = 0,
+                  std::optional<std::size_t> size = std::nullopt);
+  void send_bytes(std::string_view s) { send_bytes(std::as_bytes(std::span(s.data(), s.size()))); }
+  // Receives the next message whatever its type. A message longer than
+  // maxlength (or max_message_size(), whichever is smaller) throws
+  // MessageTooLarge and stays pending.
+  Bytes recv_bytes(std::optional<std::size_t> maxlength = std::nullopt);
+  // Receives into buf at offset; returns the message size. A message that
+  // does not fit throws MessageTooLarge and stays pending.
+  std::size_t recv_bytes_into(std::span<std::byte> buf, std::size_t offset = 0);
+  // Non-throwing form: sets ec (and returns empty) instead of throwing:
+  // connection_reset at end of file, connection_aborted for a truncated
+  // message, message_size, bad_message for a bad frame, bad_file_descriptor
+  // on a closed connection, operation_not_permitted on a write-only one.
+  Bytes recv_bytes(std::error_code& ec) noexcept;
+
+  // Whether a message (or EOF) is ready within timeout (default: no wait;
+  // nullopt waits forever).
+  bool poll(Timeout timeout = std::chrono::nanoseconds{0}) const;
+  void close() noexcept;
+  bool closed() const noexcept { return fd_ < 0; }
+  bool readable() const noexcept { return readable_; }
+  bool writable() const noexcept { return writable_; }
+  int fileno() const;
+  // Upper bound on an incoming message; larger announced lengths are refused
+  // before anything is allocated.
+  void set_max_message_size(std::uint64_t n) noexcept { max_message_size_ = n; }
+  std::uint64_t max_message_size() const noexcept { return max_message_size_; }
+  // True when a header has been read whose payload is still waiting.
+  bool has_pending() const noexcept { return pending_.has_value(); }
+
+  static constexpr std::size_t kHeaderSize = 16;
+
+ private:
+  struct Header {
+    std::uint32_t magic;
+    std::uint32_t tag;
+    std::uint64_t length;
+  };
+  template <class T>
+  static std::uint32_t type_tag() noexcept {
+    std::uint32_t t = type_fingerprint<T>();
+    return t == 0 ? 1 : t;
+  }
+  // buf holds kHeaderSize reserved bytes followed by the payload.
+  void send_frame(std::uint32_t tag, Bytes& buf);
+  // expect_tag 0 accepts any tag.
+  Bytes recv_frame(std::uint32_t expect_tag, std::uint64_t limit, const char* type_name);
+  // Checks the next header against the limit and tag; returns its length.
+  std::uint64_t begin_frame(const char* op, std::uint32_t expect_tag, std::uint64_t limit,
+                            const char* type_name);
+  // Reads the pending header's payload into dst (exactly its length).
+  void read_payload(std::byte* dst, std::uint64_t length);
+  const Header& next_header();
+  void require_open(const char* op, bool want_read) const;
+  void write_frame(const std::byte* data, std::size_t n);
+
+  int fd_ = -1;
+  bool readable_ = false, writable_ = false, socket_ = false;
+  std::uint64_t max_message_size_ = kDefaultMaxMessageSize;
+  bool desync_ = false;  // a bad frame was read: the stream has lost its framing
+  std::optional<Header> pending_;
+  Bytes scratch_;
+};
+
+// Python's Pipe(duplex): duplex gives two read-write ends; otherwise
+// (reader, writer).
+std::pair<Connection, Connection> Pipe(bool duplex = true);
+
+// Something wait() can watch: a Connection, a Process's sentinel or a raw fd.
+struct Waitable {
+  int fd;
+  bool ready_now = false;  // a Connection with a pending message
+  Waitable(int f) : fd(f) {}  // NOLINT(google-explicit-constructor)
+  Waitable(const Connection& c) : fd(c.fileno()), ready_now(c.has_pending()) {}  // NOLINT
+  Waitable(const Process& p) : fd(p.sentinel()) {}  // NOLINT
+};
+
+// Python's multiprocessing.connection.wait: the indices of the objects that
+// are ready (readable, closed, or ended) within timeout; empty on timeout.
+std::vector<std::size_t> wait(std::span<const Waitable> objects, Timeout timeout = std::nullopt);
+inline std::vector<std::size_t> wait(std::initializer_list<Waitable> objects, Timeout timeout = std::nullopt) {
+  return wait(std::span<const Waitable>(objects.begin(), objects.size()), timeout);
+}
+
+}  // namespace mproc

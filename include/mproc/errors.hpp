@@ -1,0 +1,89 @@
+// Exception types of mproc. Every error names what went wrong: the pid, the
+// signal, the byte count, the type.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace mproc {
+
+// Base of every mproc error.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// An exception thrown in another process, carried back as (type name, message).
+class RemoteError : public Error {
+ public:
+  RemoteError(std::string type_name, std::string message);
+  const std::string& type_name() const noexcept { return type_name_; }
+  const std::string& message() const noexcept { return message_; }
+
+ private:
+  std::string type_name_;
+  std::string message_;
+};
+
+// Python's EOFError: the peer closed its end (or died) and nothing more will come.
+class ConnectionClosed : public Error {
+ public:
+  using Error::Error;
+};
+
+// The peer closed (or died) in the middle of a message.
+class TruncatedMessage : public ConnectionClosed {
+ public:
+  TruncatedMessage(std::size_t received, std::size_t expected);
+  std::size_t received() const noexcept { return received_; }
+  std::size_t expected() const noexcept { return expected_; }
+
+ private:
+  std::size_t received_, expected_;
+};
+
+// Bytes on a connection that are not a valid frame (garbage, bad magic).
+class ProtocolError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A frame whose announced length is over the allowed limit. Nothing of the
+// claimed size was allocated; the frame is still pending on the connection.
+class MessageTooLarge : public ProtocolError {
+ public:
+  MessageTooLarge(std::uint64_t size, std::uint64_t limit);
+  std::uint64_t size() const noexcept { return size_; }
+  std::uint64_t limit() const noexcept { return limit_; }
+
+ private:
+  std::uint64_t size_, limit_;
+};
+
+// recv<T>() found a message of another type. The message stays pending.
+class TypeMismatch : public ProtocolError {
+ public:
+  using ProtocolError::ProtocolError;
+};
+
+// A payload that does not deserialize as the expected type.
+class DeserializeError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A function reference that does not resolve in this process (other binary,
+// unknown module, offset outside code, signature mismatch).
+class FunctionRefError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A blocking call ran past its timeout.
+class TimeoutError : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace mproc

@@ -1,0 +1,213 @@
+// Process: Python's multiprocessing.Process for C++ callables.
+//
+//   mproc::Process p(work, 42);        // any callable + arguments
+//   p.start();
+//   p.join();                          // p.exitcode() == 0
+//
+// Start methods (see context.hpp): fork runs any callable; spawn and
+// forkserver start a fresh image of this binary, so the target must be a
+// plain function, a captureless lambda or a serializable function object, and
+// its arguments serializable. Such targets are encoded as a FunctionRef to a
+// typed entry point plus the serialized arguments.
+//
+// RAII: the destructor never leaves a zombie. A running non-daemon process is
+// joined (as std::jthread joins); a running daemon process is killed first.
+// Children are set to die with their parent (PR_SET_PDEATHSIG, checked
+// against the fork race). Note: the kernel sends that signal when the
+// *thread* that started the child exits, so start long-lived processes from
+// a long-lived thread (the main thread, or use forkserver).
+#pragma once
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "mproc/errors.hpp"
+#include "mproc/function_ref.hpp"
+#include "mproc/serialize.hpp"
+
+namespace mproc {
+
+// nullopt waits forever.
+using Timeout = std::optional<std::chrono::nanoseconds>;
+
+enum class StartMethod { fork, spawn, forkserver };
+std::string_view to_string(StartMethod m) noexcept;
+std::optional<StartMethod> parse_start_method(std::string_view name) noexcept;
+
+struct ProcessOptions {
+  std::string name;                         // default "Process-N"
+  bool daemon = false;                      // killed, not joined, by the destructor
+  std::optional<StartMethod> start_method;  // default: get_start_method()
+};
+
+// What current_process(), parent_process() and active_children() report.
+struct ProcessInfo {
+  pid_t pid = 0;
+  std::string name;
+  bool daemon = false;
+};
+
+namespace detail {
+template <class F>
+inline constexpr bool is_fn_ptr_v = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
+// Captureless lambdas and other empty function objects: rebuilt, not sent.
+template <class F>
+inline constexpr bool is_stateless_v = std::is_class_v<F> && std::is_empty_v<F> &&
+                                       std::is_default_constructible_v<F> && std::is_trivially_copyable_v<F>;
+template <class F>
+inline constexpr bool is_serializable_fn_v = std::is_class_v<F> && !is_stateless_v<F> &&
+                                             is_serializable_v<F> && std::is_default_constructible_v<F>;
+template <class A>
+inline constexpr bool is_sendable_arg_v = is_serializable_v<A> && std::is_default_constructible_v<A>;
+}  // namespace detail
+
+// A target that can run in a fresh image of the binary (spawn, forkserver,
+// MPI): a function, a stateless lambda or a serializable function object,
+// with serializable arguments.
+template <class F, class... A>
+concept Remotable = (detail::is_fn_ptr_v<F> || detail::is_stateless_v<F> || detail::is_serializable_fn_v<F>) &&
+                    (detail::is_sendable_arg_v<A> && ...);
+
+namespace detail {
+using RemoteEntry = void (*)(std::span<const std::byte>);
+
+// The typed entry point that a fresh image runs for target type F.
+template <class F, class... A>
+void remote_entry(std::span<const std::byte> payload) {
+  std::tuple<A...> args;
+  InputArchive ar(payload);
+  try {
+    if constexpr (is_fn_ptr_v<F>) {
+      FunctionRef ref;
+      ar(ref, args);
+      auto* fn = ref.get<std::remove_pointer_t<F>>();
+      std::apply(fn, std::move(args));
+      return;
+    } else if constexpr (is_stateless_v<F>) {
+      ar(args);
+      std::apply(F{}, std::move(args));
+      return;
+    } else {
+      F f{};
+      ar(f, args);
+      std::apply(f, std::move(args));
+      return;
+    }
+  } catch (const cereal::Exception& e) {
+    throw_deserialize(typeid(std::tuple<F, A...>).name(), e.what());
+  }
+}
+
+// What a child runs: `local` in a forked copy of the caller; `encode` writes
+// (entry, payload) for a fresh image, and is empty when the target cannot
+// cross an exec.
+struct Target {
+  std::function<void()> local;
+  std::function<void(FunctionRef&, Bytes&)> encode;
+};
+
+template <class F, class... A>
+Target make_target(F&& f, A&&... args) {
+  using Fn = std::decay_t<F>;
+  auto state = std::make_shared<std::tuple<Fn, std::decay_t<A>...>>(std::forward<F>(f), std::forward<A>(args)...);
+  Target t;
+  t.local = [state] {
+    std::apply([](auto& fn, auto&... a) { std::invoke(fn, std::move(a)...); }, *state);
+  };
+  if constexpr (Remotable<Fn, std::decay_t<A>...>) {
+    t.encode = [state](FunctionRef& entry, Bytes& payload) {
+      entry = FunctionRef::of(&remote_entry<Fn, std::decay_t<A>...>);
+      OutputArchive ar(payload);
+      std::apply(
+          [&](const Fn& fn, const auto&... a) {
+            if constexpr (is_fn_ptr_v<Fn>) ar(FunctionRef::of(fn));
+            else if constexpr (is_serializable_fn_v<Fn>) ar(fn);
+            ar(std::tie(a...));  // read back as std::tuple<A...>
+          },
+          *state);
+    };
+  }
+  return t;
+}
+
+struct ProcessState;
+}  // namespace detail
+
+class Process {
+ public:
+  Process() noexcept;
+  template <class F, class... A>
+    requires(!std::is_same_v<std::decay_t<F>, ProcessOptions> &&
+             std::is_invocable_v<std::decay_t<F>&, std::decay_t<A>...>)
+  explicit Process(F&& target, A&&... args)
+      : Process(ProcessOptions{}, std::forward<F>(target), std::forward<A>(args)...) {}
+
+  template <class F, class... A>
+    requires std::is_invocable_v<std::decay_t<F>&, std::decay_t<A>...>
+  Process(ProcessOptions options, F&& target, A&&... args)
+      : Process(std::move(options), detail::make_target(std::forward<F>(target), std::forward<A>(args)...)) {}
+
+  Process(ProcessOptions options, detail::Target target);
+  Process(Process&&) noexcept;
+  Process& operator=(Process&&) noexcept;
+  ~Process();
+
+  // Starts the child. Throws std::logic_error if already started, and
+  // std::invalid_argument if the start method cannot carry the target.
+  void start();
+  void start(std::error_code& ec) noexcept;
+  // Waits for the end; join(timeout) tells whether it ended in time.
+  void join();
+  bool join(Timeout timeout);
+  bool is_alive();
+  // nullopt while running; the exit status, or -signal when killed by one.
+  std::optional<int> exitcode();
+  pid_t pid() const noexcept;  // 0 before start
+  const std::string& name() const;
+  void set_name(std::string name);
+  bool daemon() const;
+  void set_daemon(bool daemon);  // before start()
+  StartMethod start_method() const;
+  void terminate();  // SIGTERM
+  void kill();       // SIGKILL
+  // A file descriptor that becomes readable when the process ends.
+  int sentinel() const;
+  // The exception the target threw, once the process has ended.
+  std::optional<RemoteError> exception();
+  // Releases the process's resources; it must have ended (Python's close()).
+  void close();
+
+ private:
+  detail::ProcessState& state() const;
+  std::unique_ptr<detail::ProcessState> s_;
+};
+
+ProcessInfo current_process();
+std::optional<ProcessInfo> parent_process();
+// The live children started by this process (finished ones are reaped).
+std::vector<ProcessInfo> active_children();
+// CPUs this process may use: its affinity mask, capped by a cgroup v2
+// cpu.max quota (rounded up); at least 1.
+unsigned cpu_count();
+inline unsigned process_cpu_count() { return cpu_count(); }
+
+namespace detail {
+// cgroup v2 "cpu.max" contents ("max 100000" or "150000 100000") as a CPU
+// count, rounded up; nullopt when unlimited or unreadable.
+std::optional<unsigned> parse_cpu_max(std::string_view text) noexcept;
+// The tightest cpu.max quota from the process's cgroup up to the root.
+std::optional<unsigned> cgroup_cpu_limit(const std::string& cgroup_root = "/sys/fs/cgroup");
+}  // namespace detail
+
+}  // namespace mproc

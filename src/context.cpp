@@ -1,0 +1,137 @@
+#include "mproc/context.hpp"
+
+#include <signal.h>
+#include <spawn.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "launch.hpp"
+#include "runtime.hpp"
+#include "sys/fd.hpp"
+
+extern char** environ;
+
+namespace mproc {
+namespace {
+std::mutex g_mu;
+bool g_initialized = false;
+std::vector<std::string> g_argv;
+std::optional<StartMethod> g_method;  // set_start_method / init / env
+
+// Environment of a re-executed child: who it is and where its socket is.
+constexpr const char* kRole = "MPROC_ROLE";
+constexpr const char* kFd = "MPROC_FD";
+constexpr const char* kParent = "MPROC_PARENT";
+constexpr int kChildFd = 3;
+
+int env_int(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::atoi(v) : -1;
+}
+}  // namespace
+
+namespace detail {
+
+bool have_argv() noexcept {
+  std::lock_guard lock(g_mu);
+  return !g_argv.empty();
+}
+
+pid_t spawn_self(int fd, const char* role) {
+  std::vector<std::string> args, env;
+  {
+    std::lock_guard lock(g_mu);
+    args = g_argv;
+  }
+  for (char** e = environ; *e; ++e)
+    if (std::strncmp(*e, "MPROC_ROLE=", 11) && std::strncmp(*e, "MPROC_FD=", 9) && std::strncmp(*e, "MPROC_PARENT=", 13))
+      env.emplace_back(*e);
+  env.push_back(std::string(kRole) + "=" + role);
+  env.push_back(std::string(kFd) + "=" + std::to_string(kChildFd));
+  env.push_back(std::string(kParent) + "=" + std::to_string(::getpid()));
+  std::vector<char*> argv, envp;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t attr;
+  ::posix_spawn_file_actions_init(&fa);
+  ::posix_spawnattr_init(&attr);
+  // dup2 onto kChildFd clears close-on-exec (glibc does so even when equal);
+  // every other descriptor above it is closed.
+  ::posix_spawn_file_actions_adddup2(&fa, fd, kChildFd);
+  ::posix_spawn_file_actions_addclosefrom_np(&fa, kChildFd + 1);
+  sigset_t none;
+  sigemptyset(&none);
+  ::posix_spawnattr_setsigmask(&attr, &none);
+  ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+  pid_t pid = 0;
+  int err = ::posix_spawn(&pid, "/proc/self/exe", &fa, &attr, argv.data(), envp.data());
+  ::posix_spawn_file_actions_destroy(&fa);
+  ::posix_spawnattr_destroy(&attr);
+  if (err != 0) sys::throw_errno("posix_spawn(/proc/self/exe)", err);
+  return pid;
+}
+
+pid_t spawn_child(int child_ctrl) { return spawn_self(child_ctrl, "spawn"); }
+
+}  // namespace detail
+
+void init(int argc, char** argv, const InitOptions& options) {
+  if (const char* role = std::getenv(kRole)) {
+    // A re-executed child: become what the parent asked for; never return.
+    const std::string r = role;
+    const int fd = env_int(kFd);
+    const pid_t parent = env_int(kParent);
+    ::unsetenv(kRole);
+    ::unsetenv(kFd);
+    ::unsetenv(kParent);
+    if (r == "spawn") detail::run_launched_child(fd, parent);
+    if (r == "forkserver") detail::forkserver_main(fd, parent);
+    ::_exit(74);
+  }
+  StartMethod method = StartMethod::forkserver;
+  {
+    std::lock_guard lock(g_mu);
+    g_initialized = true;
+    g_argv.assign(argv, argv + argc);
+    if (options.start_method) {
+      method = *options.start_method;
+    } else if (const char* env = std::getenv("MPROC_START_METHOD")) {
+      if (auto m = parse_start_method(env)) method = *m;
+    }
+    if (!g_method) g_method = method;
+    method = *g_method;
+  }
+  if (method == StartMethod::forkserver) detail::start_forkserver_by_fork();
+}
+
+bool initialized() noexcept {
+  std::lock_guard lock(g_mu);
+  return g_initialized;
+}
+
+void set_start_method(StartMethod method) {
+  std::lock_guard lock(g_mu);
+  g_method = method;
+}
+
+StartMethod get_start_method() {
+  std::lock_guard lock(g_mu);
+  if (g_method) return *g_method;
+  return g_initialized ? StartMethod::forkserver : StartMethod::fork;
+}
+
+std::vector<StartMethod> get_all_start_methods() {
+  return {StartMethod::fork, StartMethod::spawn, StartMethod::forkserver};
+}
+
+Context get_context(std::optional<StartMethod> method) { return Context(method.value_or(get_start_method())); }
+
+}  // namespace mproc

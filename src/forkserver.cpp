@@ -1,0 +1,239 @@
+// The fork server: a single-threaded copy of the program, made while it was
+// still single-threaded (by fork at init, or by spawn later), that forks the
+// children of the forkserver start method. Safe when the main program has
+// threads, and much cheaper than spawn.
+//
+//   client (any thread)                    fork server
+//   ── SEQPACKET "S" + [ctrl, status] ──▶  fork() → child reads its target
+//                                          from ctrl (the client writes it)
+//   ◀── on status: {pid} + [pidfd] ──────  pidfd opened before any reap
+//   ◀── on status: {wait status} ────────  after SIGCHLD + waitpid
+//   client hangs up on status ──────────▶  SIGKILL the child (dies with its parent)
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "launch.hpp"
+#include "mproc/errors.hpp"
+#include "runtime.hpp"
+#include "sys/pidfd.hpp"
+
+namespace mproc::detail {
+
+namespace {
+std::mutex g_mu;  // guards starting the server
+std::atomic<int> g_cmd_fd{-1};
+std::atomic<pid_t> g_server_pid{0};
+
+struct Reply {
+  std::int32_t pid;
+  std::int32_t err;
+};
+
+void serve_request(int cmd_fd, int sig_fd, std::unordered_map<pid_t, int>& status_fds,
+                   sys::UniqueFd ctrl, sys::UniqueFd status) {
+  const pid_t server = ::getpid();
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(cmd_fd);
+    ::close(sig_fd);
+    for (auto& [p, fd] : status_fds) ::close(fd);
+    ::close(status.get());
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::signal(SIGINT, SIG_DFL);
+    run_launched_child(ctrl.get(), server);
+  }
+  Reply reply{static_cast<std::int32_t>(pid), pid < 0 ? errno : 0};
+  try {
+    if (pid < 0) {
+      sys::send_with_fds(status.get(), &reply, sizeof reply, {});
+      return;
+    }
+    // Opened before this loop can reap the child, so it names this child.
+    sys::UniqueFd pidfd = sys::pidfd_open(pid);
+    int fd = pidfd.get();
+    sys::send_with_fds(status.get(), &reply, sizeof reply, std::span<const int>(&fd, 1));
+  } catch (const std::system_error&) {
+    // The client is gone; its child still gets reaped below.
+  }
+  status_fds[pid] = status.release();
+}
+
+void reap_children(std::unordered_map<pid_t, int>& status_fds) {
+  int st = 0;
+  pid_t pid;
+  while ((pid = ::waitpid(-1, &st, WNOHANG)) > 0) {
+    auto it = status_fds.find(pid);
+    if (it == status_fds.end()) continue;
+    std::int32_t s32 = st;
+    ::send(it->second, &s32, sizeof s32, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ::close(it->second);
+    status_fds.erase(it);
+  }
+}
+}  // namespace
+
+pid_t forkserver_pid() noexcept { return g_server_pid.load(); }
+
+void forkserver_main(int cmd_fd, pid_t owner) {
+  die_with_parent(owner);
+  ::prctl(PR_SET_NAME, "mproc-forksrv");
+  ::signal(SIGINT, SIG_IGN);  // Ctrl-C is for the program, not its server
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  ::sigprocmask(SIG_BLOCK, &chld, nullptr);
+  int sig_fd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sig_fd < 0) ::_exit(71);
+  std::unordered_map<pid_t, int> status_fds;
+  std::vector<pollfd> pfds;
+  std::vector<pid_t> pids;
+  for (;;) {
+    // Watch every client's status socket too: a client that dies (its end
+    // hangs up) takes its children along, as if they were its own.
+    pfds.assign({{cmd_fd, POLLIN, 0}, {sig_fd, POLLIN, 0}});
+    pids.clear();
+    for (auto& [pid, fd] : status_fds) {
+      pfds.push_back({fd, POLLRDHUP, 0});
+      pids.push_back(pid);
+    }
+    if (::poll(pfds.data(), pfds.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      ::_exit(72);
+    }
+    for (std::size_t i = 2; i < pfds.size(); ++i) {
+      if (!(pfds[i].revents & (POLLRDHUP | POLLHUP | POLLERR))) continue;
+      ::kill(pids[i - 2], SIGKILL);  // unreaped, so the pid is still this child
+      ::close(pfds[i].fd);
+      status_fds.erase(pids[i - 2]);
+    }
+    if (pfds[1].revents) {
+      signalfd_siginfo info;
+      while (::read(sig_fd, &info, sizeof info) > 0) {
+      }
+      reap_children(status_fds);
+    }
+    if (pfds[0].revents) {
+      char tag = 0;
+      sys::UniqueFd fds[2];
+      std::size_t nfds = 0;
+      std::size_t n = 0;
+      try {
+        n = sys::recv_with_fds(cmd_fd, &tag, 1, fds, nfds);
+      } catch (const std::system_error&) {
+        ::_exit(73);
+      }
+      if (n == 0) break;  // the owner closed its end: it exited
+      if (tag != 'S' || nfds != 2) continue;
+      serve_request(cmd_fd, sig_fd, status_fds, std::move(fds[0]), std::move(fds[1]));
+    }
+  }
+  // Children still running die with us (their death signal).
+  ::_exit(0);
+}
+
+namespace {
+// Under g_mu. The server is our child: reap it if it is being replaced.
+void drop_server() {
+  int fd = g_cmd_fd.exchange(-1);
+  if (fd >= 0) ::close(fd);
+  if (pid_t old = g_server_pid.exchange(0); old > 0) {
+    ::kill(old, SIGKILL);
+    ::waitpid(old, nullptr, 0);
+  }
+}
+
+// Under g_mu. By fork while the program is single-threaded (init), else by
+// re-executing the binary, which is safe whatever threads exist.
+void start_server(bool by_fork) {
+  auto [client, server] = sys::socket_pair(SOCK_SEQPACKET);
+  const pid_t owner = ::getpid();
+  pid_t pid;
+  if (by_fork) {
+    pid = ::fork();
+    if (pid < 0) sys::throw_errno("fork (fork server)");
+    if (pid == 0) {
+      ::close(client.get());
+      forkserver_main(server.get(), owner);
+    }
+  } else {
+    pid = spawn_self(server.get(), "forkserver");
+  }
+  g_server_pid = pid;
+  g_cmd_fd = client.release();
+  static bool registered = false;
+  if (!registered) registered = std::atexit([] { stop_forkserver(); }) == 0;
+}
+
+void ensure_server(bool replace) {
+  std::lock_guard lock(g_mu);
+  if (replace) drop_server();
+  if (g_cmd_fd.load() < 0) start_server(!have_argv());
+}
+}  // namespace
+
+void start_forkserver_by_fork() {
+  std::lock_guard lock(g_mu);
+  if (g_cmd_fd.load() < 0) start_server(true);
+}
+
+void stop_forkserver() noexcept {
+  std::lock_guard lock(g_mu);
+  int fd = g_cmd_fd.exchange(-1);
+  pid_t pid = g_server_pid.exchange(0);
+  if (fd < 0) return;
+  ::close(fd);  // end of file: the server exits, and its children with it
+  // Only the process that started the server can reap it; a forked child
+  // that calls exit() gets ECHILD here and moves on.
+  if (pid > 0) ::waitpid(pid, nullptr, 0);
+}
+
+ServerChild forkserver_child(sys::UniqueFd child_ctrl) {
+  ensure_server(false);
+  auto [mine, theirs] = sys::socket_pair(SOCK_SEQPACKET);
+  const int fds[2] = {child_ctrl.get(), theirs.get()};
+  try {
+    sys::send_with_fds(g_cmd_fd.load(), "S", 1, fds);
+  } catch (const std::system_error&) {
+    // The server died (killed, or its starting thread ended): start another.
+    ensure_server(true);
+    sys::send_with_fds(g_cmd_fd.load(), "S", 1, fds);
+  }
+  child_ctrl.reset();
+  theirs.reset();
+  Reply reply{};
+  sys::UniqueFd pidfd[1];
+  std::size_t nfds = 0;
+  std::size_t n = sys::recv_with_fds(mine.get(), &reply, sizeof reply, pidfd, nfds);
+  if (n != sizeof reply)
+    throw Error("mproc: the fork server (pid " + std::to_string(g_server_pid.load()) + ") did not answer");
+  if (reply.err != 0) sys::throw_errno("fork (in the fork server)", reply.err);
+  if (nfds != 1) throw Error("mproc: the fork server sent no pidfd");
+  return ServerChild{reply.pid, std::move(pidfd[0]), std::move(mine)};
+}
+
+std::optional<int> forkserver_exit_status(int status_fd) {
+  std::int32_t st = 0;
+  ssize_t n = ::recv(status_fd, &st, sizeof st, MSG_DONTWAIT);
+  if (n == sizeof st) return sys::exitcode_from_status(st);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return std::nullopt;
+  // The server closed without a status: it died, and so did the child.
+  return -SIGKILL;
+}
+
+}  // namespace mproc::detail

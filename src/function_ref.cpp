@@ -1,0 +1,194 @@
+// FunctionRef: (module build-id, offset) <-> address, checked on arrival.
+//
+// The loaded modules are read once through dl_iterate_phdr into an immutable
+// snapshot. make() and resolve() are hot paths (one per task), so they reuse
+// the snapshot while the loader's dlpi_adds/dlpi_subs counters are unchanged:
+// a dlopen or dlclose since the snapshot was taken makes the next call rebuild
+// it. The snapshot is shared under a mutex, so any thread may call in.
+#include "mproc/function_ref.hpp"
+
+#include <elf.h>
+#include <link.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string_view>
+#include <vector>
+
+namespace mproc {
+namespace {
+
+struct Segment {
+  std::uint64_t begin = 0;  // p_vaddr, i.e. offset from the module base
+  std::uint64_t end = 0;    // p_vaddr + p_memsz
+  bool exec = false;
+};
+
+struct Module {
+  std::uintptr_t base = 0;  // dlpi_addr
+  std::string name;
+  std::array<std::uint8_t, 32> build_id{};
+  std::uint8_t build_id_len = 0;
+  std::vector<Segment> segments;  // PT_LOAD only
+};
+
+struct Snapshot {
+  unsigned long long adds = 0, subs = 0;
+  std::vector<Module> modules;
+};
+
+std::string hex(const std::uint8_t* p, std::size_t n) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string s;
+  s.reserve(2 * n);
+  for (std::size_t i = 0; i < n; ++i) {
+    s += digits[p[i] >> 4];
+    s += digits[p[i] & 0xf];
+  }
+  return s;
+}
+
+std::string hex_number(std::uint64_t v) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string s;
+  do {
+    s += digits[v & 0xf];
+    v >>= 4;
+  } while (v != 0);
+  std::reverse(s.begin(), s.end());
+  return "0x" + s;
+}
+
+std::size_t align_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
+
+// Reads the NT_GNU_BUILD_ID note from one PT_NOTE segment, if it has one.
+bool read_build_id(const dl_phdr_info* info, const ElfW(Phdr)& ph, Module& m) {
+  const auto* p = reinterpret_cast<const unsigned char*>(info->dlpi_addr + ph.p_vaddr);
+  const std::size_t size = ph.p_memsz;
+  const std::size_t align = ph.p_align == 8 ? 8 : 4;
+  std::size_t pos = 0;
+  while (pos + sizeof(ElfW(Nhdr)) <= size) {
+    ElfW(Nhdr) nh;
+    std::memcpy(&nh, p + pos, sizeof nh);
+    const std::size_t name_at = pos + sizeof nh;
+    const std::size_t desc_at = name_at + align_up(nh.n_namesz, align);
+    const std::size_t next = desc_at + align_up(nh.n_descsz, align);
+    if (desc_at > size || desc_at + nh.n_descsz > size) return false;
+    if (nh.n_type == NT_GNU_BUILD_ID && nh.n_namesz == 4 && std::memcmp(p + name_at, "GNU", 4) == 0 &&
+        nh.n_descsz > 0) {
+      const std::size_t n = std::min<std::size_t>(nh.n_descsz, m.build_id.size());
+      std::memcpy(m.build_id.data(), p + desc_at, n);
+      m.build_id_len = static_cast<std::uint8_t>(n);
+      return true;
+    }
+    if (next <= pos) return false;
+    pos = next;
+  }
+  return false;
+}
+
+int collect(dl_phdr_info* info, std::size_t, void* data) {
+  auto& snap = *static_cast<Snapshot*>(data);
+  snap.adds = info->dlpi_adds;
+  snap.subs = info->dlpi_subs;
+  Module m;
+  m.base = info->dlpi_addr;
+  m.name = (info->dlpi_name != nullptr && info->dlpi_name[0] != '\0') ? info->dlpi_name : "main program";
+  for (ElfW(Half) i = 0; i < info->dlpi_phnum; ++i) {
+    const auto& ph = info->dlpi_phdr[i];
+    if (ph.p_type == PT_LOAD)
+      m.segments.push_back({ph.p_vaddr, ph.p_vaddr + ph.p_memsz, (ph.p_flags & PF_X) != 0});
+    else if (ph.p_type == PT_NOTE && m.build_id_len == 0)
+      read_build_id(info, ph, m);
+  }
+  snap.modules.push_back(std::move(m));
+  return 0;
+}
+
+int read_counters(dl_phdr_info* info, std::size_t, void* data) {
+  auto* c = static_cast<unsigned long long*>(data);
+  c[0] = info->dlpi_adds;
+  c[1] = info->dlpi_subs;
+  return 1;  // the counters are the same in every entry: stop at the first
+}
+
+std::mutex g_mutex;
+std::shared_ptr<const Snapshot> g_snapshot;  // guarded by g_mutex
+
+// The current modules; rebuilt only when something was loaded or unloaded.
+std::shared_ptr<const Snapshot> modules() {
+  unsigned long long counters[2] = {0, 0};
+  dl_iterate_phdr(read_counters, counters);
+  std::lock_guard lock(g_mutex);
+  if (g_snapshot && g_snapshot->adds == counters[0] && g_snapshot->subs == counters[1]) return g_snapshot;
+  auto snap = std::make_shared<Snapshot>();
+  dl_iterate_phdr(collect, snap.get());
+  g_snapshot = std::move(snap);
+  return g_snapshot;
+}
+
+bool is_in(const Segment& s, std::uint64_t off) { return off >= s.begin && off < s.end; }
+
+}  // namespace
+
+FunctionRef FunctionRef::make(const void* address, std::uint32_t signature) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(address);
+  if (addr == 0) throw FunctionRefError("FunctionRef: null function pointer");
+  const auto snap = modules();
+  for (const Module& m : snap->modules) {
+    if (addr < m.base) continue;
+    const std::uint64_t off = addr - m.base;
+    auto seg = std::find_if(m.segments.begin(), m.segments.end(), [&](const Segment& s) { return is_in(s, off); });
+    if (seg == m.segments.end()) continue;
+    if (!seg->exec)
+      throw FunctionRefError("FunctionRef: address " + hex_number(addr) + " lies in a non-executable segment of " +
+                             m.name + " (not a function)");
+    if (m.build_id_len == 0)
+      throw FunctionRefError("FunctionRef: module " + m.name +
+                             " has no GNU build-id, so its functions cannot be named across processes; link "
+                             "it with -Wl,--build-id");
+    FunctionRef r;
+    r.build_id_ = m.build_id;
+    r.build_id_len_ = m.build_id_len;
+    r.offset_ = off;
+    r.signature_ = signature;
+    return r;
+  }
+  throw FunctionRefError("FunctionRef: address " + hex_number(addr) + " is not inside any loaded module");
+}
+
+const void* FunctionRef::resolve(std::uint32_t signature) const {
+  if (empty()) throw FunctionRefError("FunctionRef: cannot resolve an empty reference");
+  const auto snap = modules();
+  const Module* mod = nullptr;
+  for (const Module& m : snap->modules) {
+    if (m.build_id_len == build_id_len_ &&
+        std::equal(m.build_id.begin(), m.build_id.begin() + build_id_len_, build_id_.begin())) {
+      mod = &m;
+      break;
+    }
+  }
+  if (mod == nullptr)
+    throw FunctionRefError("FunctionRef " + to_string() + ": unknown build-id " + build_id_hex() +
+                           " (different binary?): no module loaded in this process has it");
+  const bool in_code = std::any_of(mod->segments.begin(), mod->segments.end(),
+                                   [&](const Segment& s) { return s.exec && is_in(s, offset_); });
+  if (!in_code)
+    throw FunctionRefError("FunctionRef " + to_string() + ": offset " + hex_number(offset_) +
+                           " lies outside the executable segments of " + mod->name);
+  if (signature != signature_)
+    throw FunctionRefError("FunctionRef " + to_string() + ": signature mismatch (made for fingerprint " +
+                           hex_number(signature_) + ", requested as " + hex_number(signature) + ")");
+  return reinterpret_cast<const void*>(mod->base + offset_);
+}
+
+std::string FunctionRef::build_id_hex() const { return hex(build_id_.data(), build_id_len_); }
+
+std::string FunctionRef::to_string() const {
+  if (empty()) return "<empty FunctionRef>";
+  return build_id_hex() + "+" + hex_number(offset_);
+}
+
+}  // namespace mproc

@@ -1,0 +1,75 @@
+// Out-of-line parts of the serialization layer: error paths, type names,
+// fingerprints and the capture of exceptions as they cross processes.
+#include "mproc/serialize.hpp"
+
+#include <cxxabi.h>
+
+#include <cstdlib>
+#include <memory>
+
+namespace mproc {
+
+void InputArchive::throw_short(std::size_t wanted) const {
+  throw DeserializeError("truncated payload: needed " + std::to_string(wanted) + " more bytes at offset " +
+                         std::to_string(pos_) + " but only " + std::to_string(remaining()) + " of " +
+                         std::to_string(in_.size()) + " remain");
+}
+
+void InputArchive::throw_size(std::uint64_t size) const {
+  throw DeserializeError("size tag of " + std::to_string(size) + " elements at offset " + std::to_string(pos_) +
+                         " exceeds the " + std::to_string(remaining()) + " bytes that remain");
+}
+
+void throw_deserialize(const char* type, const char* what) {
+  throw DeserializeError("cannot deserialize " + demangle(type) + ": " + what);
+}
+
+std::uint32_t type_fingerprint(const char* mangled_name) noexcept {
+  // FNV-1a, 32 bits. Some ABIs mark a type name with a leading '*' (local
+  // symbols); it is not part of the type.
+  if (mangled_name == nullptr) return 0;
+  if (*mangled_name == '*') ++mangled_name;
+  std::uint32_t h = 2166136261u;
+  for (const char* p = mangled_name; *p != '\0'; ++p) {
+    h ^= static_cast<unsigned char>(*p);
+    h *= 16777619u;
+  }
+  return h;
+}
+
+std::string demangle(const char* mangled_name) {
+  if (mangled_name == nullptr) return "<unknown type>";
+  if (*mangled_name == '*') ++mangled_name;
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> out(abi::__cxa_demangle(mangled_name, nullptr, nullptr, &status),
+                                             std::free);
+  if (status == 0 && out) return out.get();
+  return mangled_name;
+}
+
+ErrorInfo capture_error(std::exception_ptr e) {
+  if (!e) e = std::current_exception();
+  if (!e) return {"<no exception>", "no exception was being handled"};
+  try {
+    std::rethrow_exception(e);
+  } catch (const RemoteError& r) {
+    // Crossing again: keep the original type and message.
+    return {r.type_name(), r.message()};
+  } catch (...) {
+    ErrorInfo info;
+    const std::type_info* t = abi::__cxa_current_exception_type();
+    info.type_name = t != nullptr ? demangle(t->name()) : "<unknown type>";
+    try {
+      throw;
+    } catch (const std::exception& x) {
+      info.message = x.what();
+    } catch (...) {
+      info.message = "unknown exception";
+    }
+    return info;
+  }
+}
+
+RemoteError to_remote_error(const ErrorInfo& info) { return RemoteError(info.type_name, info.message); }
+
+}  // namespace mproc

@@ -19,8 +19,8 @@ demo: build
 	@./$(BUILD)/examples/demo
 
 test: build
-	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300
 	@./scripts/check-consumer.sh $(BUILD)
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300
 
 bench: build
 	@python3 bench/compare.py --build $(BUILD)

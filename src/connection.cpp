@@ -67,6 +67,13 @@ Connection::Connection(int fd, bool readable, bool writable) {
   fd_ = owned.release();
 }
 
+void Connection::load(InputArchive& ar) {
+  std::uint32_t index = 0;
+  bool readable = false, writable = false;
+  ar(index, readable, writable);
+  *this = Connection(ar.take_fd(index, "mproc::Connection"), readable, writable);
+}
+
 Connection::Connection(Connection&& o) noexcept
     : fd_(std::exchange(o.fd_, -1)),
       readable_(o.readable_),

@@ -1,14 +1,20 @@
 // FunctionRef: (module build-id, offset) <-> address, checked on arrival.
 //
-// The loaded modules are read once through dl_iterate_phdr into an immutable
-// snapshot. make() and resolve() are hot paths (one per task), so they reuse
-// the snapshot while the loader's dlpi_adds/dlpi_subs counters are unchanged:
-// a dlopen or dlclose since the snapshot was taken makes the next call rebuild
-// it. The snapshot is shared under a mutex, so any thread may call in.
+// The loaded modules are read through dl_iterate_phdr into an immutable,
+// cached snapshot. make() and resolve() are hot paths (one per task), and
+// dl_iterate_phdr is not fork-safe (a child forked while another thread is
+// inside it inherits the loader's lock taken and deadlocks on its next call),
+// so the hot path never calls it: a cached module is checked with
+// _dl_find_object (lock-free, glibc >= 2.35) to be the very module still
+// loaded there (same link_map name pointer, load address and eh_frame). Only
+// a miss (after dlopen/dlclose, or on an error path) rebuilds the snapshot.
+// The snapshot pointer is guarded by a mutex that is also held across fork.
 #include "mproc/function_ref.hpp"
 
+#include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <cstring>
@@ -27,7 +33,10 @@ struct Segment {
 };
 
 struct Module {
-  std::uintptr_t base = 0;  // dlpi_addr
+  std::uintptr_t base = 0;            // dlpi_addr
+  const char* name_ptr = nullptr;     // dlpi_name: the link_map's l_name itself
+  const void* eh_frame = nullptr;     // PT_GNU_EH_FRAME, as _dl_find_object reports it
+  std::uintptr_t probe = 0;           // an address inside the module (its first code byte)
   std::string name;
   std::array<std::uint8_t, 32> build_id{};
   std::uint8_t build_id_len = 0;
@@ -95,38 +104,66 @@ int collect(dl_phdr_info* info, std::size_t, void* data) {
   snap.subs = info->dlpi_subs;
   Module m;
   m.base = info->dlpi_addr;
+  m.name_ptr = info->dlpi_name;
   m.name = (info->dlpi_name != nullptr && info->dlpi_name[0] != '\0') ? info->dlpi_name : "main program";
   for (ElfW(Half) i = 0; i < info->dlpi_phnum; ++i) {
     const auto& ph = info->dlpi_phdr[i];
-    if (ph.p_type == PT_LOAD)
+    if (ph.p_type == PT_LOAD) {
       m.segments.push_back({ph.p_vaddr, ph.p_vaddr + ph.p_memsz, (ph.p_flags & PF_X) != 0});
-    else if (ph.p_type == PT_NOTE && m.build_id_len == 0)
-      read_build_id(info, ph, m);
+      if (m.probe == 0 && (ph.p_flags & PF_X) != 0 && ph.p_memsz != 0) m.probe = info->dlpi_addr + ph.p_vaddr;
+    } else if (ph.p_type == PT_GNU_EH_FRAME) {
+      m.eh_frame = reinterpret_cast<const void*>(info->dlpi_addr + ph.p_vaddr);
+    }
+    if (ph.p_type == PT_NOTE && m.build_id_len == 0) read_build_id(info, ph, m);
   }
   snap.modules.push_back(std::move(m));
   return 0;
 }
 
-int read_counters(dl_phdr_info* info, std::size_t, void* data) {
-  auto* c = static_cast<unsigned long long*>(data);
-  c[0] = info->dlpi_adds;
-  c[1] = info->dlpi_subs;
-  return 1;  // the counters are the same in every entry: stop at the first
+// Leaked on purpose: usable from static destructors and atexit handlers.
+struct State {
+  std::mutex mutex;
+  std::shared_ptr<const Snapshot> snapshot;  // guarded by mutex
+};
+State* g_state = nullptr;
+
+// The mutex is held across fork (pthread_atfork), so a child forked while
+// another thread held it does not inherit it locked.
+State& state() {
+  static State* s = [] {
+    g_state = new State;
+    pthread_atfork([] { g_state->mutex.lock(); }, [] { g_state->mutex.unlock(); },
+                   [] { g_state->mutex.unlock(); });
+    return g_state;
+  }();
+  return *s;
 }
 
-std::mutex g_mutex;
-std::shared_ptr<const Snapshot> g_snapshot;  // guarded by g_mutex
-
-// The current modules; rebuilt only when something was loaded or unloaded.
-std::shared_ptr<const Snapshot> modules() {
-  unsigned long long counters[2] = {0, 0};
-  dl_iterate_phdr(read_counters, counters);
-  std::lock_guard lock(g_mutex);
-  if (g_snapshot && g_snapshot->adds == counters[0] && g_snapshot->subs == counters[1]) return g_snapshot;
+// The cached snapshot, or a fresh one when `rebuild` (or none yet).
+std::shared_ptr<const Snapshot> modules(bool rebuild) {
+  State& st = state();
+  if (!rebuild) {
+    std::lock_guard lock(st.mutex);
+    if (st.snapshot) return st.snapshot;
+  }
   auto snap = std::make_shared<Snapshot>();
   dl_iterate_phdr(collect, snap.get());
-  g_snapshot = std::move(snap);
-  return g_snapshot;
+  std::shared_ptr<const Snapshot> old;  // released outside the lock
+  std::lock_guard lock(st.mutex);
+  // The counters only grow: never replace a newer snapshot with an older one.
+  if (!st.snapshot || snap->adds + snap->subs >= st.snapshot->adds + st.snapshot->subs) {
+    old = std::move(st.snapshot);
+    st.snapshot = snap;
+  }
+  return snap;
+}
+
+// True when the module loaded at `addr` now is the one `m` describes.
+bool still_loaded(const Module& m, std::uintptr_t addr) {
+  dl_find_object fo;
+  if (_dl_find_object(reinterpret_cast<void*>(addr), &fo) != 0) return false;
+  return fo.dlfo_link_map->l_addr == m.base && fo.dlfo_link_map->l_name == m.name_ptr &&
+         fo.dlfo_eh_frame == m.eh_frame;
 }
 
 bool is_in(const Segment& s, std::uint64_t off) { return off >= s.begin && off < s.end; }
@@ -136,52 +173,57 @@ bool is_in(const Segment& s, std::uint64_t off) { return off >= s.begin && off <
 FunctionRef FunctionRef::make(const void* address, std::uint32_t signature) {
   const auto addr = reinterpret_cast<std::uintptr_t>(address);
   if (addr == 0) throw FunctionRefError("FunctionRef: null function pointer");
-  const auto snap = modules();
-  for (const Module& m : snap->modules) {
-    if (addr < m.base) continue;
-    const std::uint64_t off = addr - m.base;
-    auto seg = std::find_if(m.segments.begin(), m.segments.end(), [&](const Segment& s) { return is_in(s, off); });
-    if (seg == m.segments.end()) continue;
-    if (!seg->exec)
-      throw FunctionRefError("FunctionRef: address " + hex_number(addr) + " lies in a non-executable segment of " +
-                             m.name + " (not a function)");
-    if (m.build_id_len == 0)
-      throw FunctionRefError("FunctionRef: module " + m.name +
-                             " has no GNU build-id, so its functions cannot be named across processes; link "
-                             "it with -Wl,--build-id");
-    FunctionRef r;
-    r.build_id_ = m.build_id;
-    r.build_id_len_ = m.build_id_len;
-    r.offset_ = off;
-    r.signature_ = signature;
-    return r;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const auto snap = modules(attempt > 0);
+    for (const Module& m : snap->modules) {
+      if (addr < m.base) continue;
+      const std::uint64_t off = addr - m.base;
+      auto seg = std::find_if(m.segments.begin(), m.segments.end(), [&](const Segment& s) { return is_in(s, off); });
+      if (seg == m.segments.end()) continue;
+      if (!still_loaded(m, addr)) break;  // the snapshot is stale: rebuild it
+      if (!seg->exec)
+        throw FunctionRefError("FunctionRef: address " + hex_number(addr) + " lies in a non-executable segment of " +
+                               m.name + " (not a function)");
+      if (m.build_id_len == 0)
+        throw FunctionRefError("FunctionRef: module " + m.name +
+                               " has no GNU build-id, so its functions cannot be named across processes; link "
+                               "it with -Wl,--build-id");
+      FunctionRef r;
+      r.build_id_ = m.build_id;
+      r.build_id_len_ = m.build_id_len;
+      r.offset_ = off;
+      r.signature_ = signature;
+      return r;
+    }
   }
   throw FunctionRefError("FunctionRef: address " + hex_number(addr) + " is not inside any loaded module");
 }
 
 const void* FunctionRef::resolve(std::uint32_t signature) const {
   if (empty()) throw FunctionRefError("FunctionRef: cannot resolve an empty reference");
-  const auto snap = modules();
-  const Module* mod = nullptr;
-  for (const Module& m : snap->modules) {
-    if (m.build_id_len == build_id_len_ &&
-        std::equal(m.build_id.begin(), m.build_id.begin() + build_id_len_, build_id_.begin())) {
-      mod = &m;
-      break;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const auto snap = modules(attempt > 0);
+    const Module* mod = nullptr;
+    for (const Module& m : snap->modules) {
+      if (m.build_id_len == build_id_len_ &&
+          std::equal(m.build_id.begin(), m.build_id.begin() + build_id_len_, build_id_.begin())) {
+        mod = &m;
+        break;
+      }
     }
+    if (mod == nullptr || mod->probe == 0 || !still_loaded(*mod, mod->probe)) continue;
+    const bool in_code = std::any_of(mod->segments.begin(), mod->segments.end(),
+                                     [&](const Segment& s) { return s.exec && is_in(s, offset_); });
+    if (!in_code)
+      throw FunctionRefError("FunctionRef " + to_string() + ": offset " + hex_number(offset_) +
+                             " lies outside the executable segments of " + mod->name);
+    if (signature != signature_)
+      throw FunctionRefError("FunctionRef " + to_string() + ": signature mismatch (made for fingerprint " +
+                             hex_number(signature_) + ", requested as " + hex_number(signature) + ")");
+    return reinterpret_cast<const void*>(mod->base + offset_);
   }
-  if (mod == nullptr)
-    throw FunctionRefError("FunctionRef " + to_string() + ": unknown build-id " + build_id_hex() +
-                           " (different binary?): no module loaded in this process has it");
-  const bool in_code = std::any_of(mod->segments.begin(), mod->segments.end(),
-                                   [&](const Segment& s) { return s.exec && is_in(s, offset_); });
-  if (!in_code)
-    throw FunctionRefError("FunctionRef " + to_string() + ": offset " + hex_number(offset_) +
-                           " lies outside the executable segments of " + mod->name);
-  if (signature != signature_)
-    throw FunctionRefError("FunctionRef " + to_string() + ": signature mismatch (made for fingerprint " +
-                           hex_number(signature_) + ", requested as " + hex_number(signature) + ")");
-  return reinterpret_cast<const void*>(mod->base + offset_);
+  throw FunctionRefError("FunctionRef " + to_string() + ": unknown build-id " + build_id_hex() +
+                         " (different binary?): no module loaded in this process has it");
 }
 
 std::string FunctionRef::build_id_hex() const { return hex(build_id_.data(), build_id_len_); }

@@ -16,6 +16,7 @@ namespace mproc::detail {
 
 namespace {
 constexpr std::uint64_t kMaxLaunch = std::uint64_t{1} << 32;
+constexpr std::size_t kMaxFds = 250;  // under the kernel's SCM_MAX_FD (253)
 // Small enough to sit in the socket buffer: the child writes it and exits
 // without waiting for the parent to read.
 constexpr std::uint32_t kMaxErrorFrame = 64u << 10;
@@ -64,12 +65,16 @@ void die_with_parent(pid_t parent) noexcept {
   if (::getppid() != parent) ::_exit(70);
 }
 
-void write_launch(int ctrl_fd, const LaunchMessage& msg) {
+void write_launch(int ctrl_fd, const LaunchMessage& msg, std::span<const int> fds) {
+  if (fds.size() > kMaxFds)
+    throw std::invalid_argument("mproc: a target may carry at most " + std::to_string(kMaxFds) +
+                                " connections, not " + std::to_string(fds.size()));
   Bytes frame(sizeof(std::uint64_t));
   serialize_into(frame, msg);
   std::uint64_t len = frame.size() - sizeof(std::uint64_t);
   std::memcpy(frame.data(), &len, sizeof len);
-  sys::write_all(ctrl_fd, frame.data(), frame.size(), true);
+  sys::send_with_fds(ctrl_fd, frame.data(), sizeof len, fds);
+  sys::write_all(ctrl_fd, frame.data() + sizeof len, len, true);
 }
 
 void run_forked_child(int ctrl_fd, pid_t parent, const ProcessInfo& self, const std::function<void()>& target) {
@@ -86,8 +91,13 @@ void run_launched_child(int ctrl_fd, pid_t parent) {
   LaunchMessage msg;
   run_guarded(ctrl_fd, me, [&] {
     std::uint64_t len = 0;
-    if (sys::read_full(ctrl_fd, &len, sizeof len) != sizeof len)
-      throw ConnectionClosed("mproc child: parent closed before sending the target");
+    sys::UniqueFd received[kMaxFds];
+    std::size_t nfds = 0;
+    std::size_t got = sys::recv_with_fds(ctrl_fd, &len, sizeof len, received, nfds);
+    if (got < sizeof len) got += sys::read_full(ctrl_fd, reinterpret_cast<char*>(&len) + got, sizeof len - got);
+    if (got != sizeof len) throw ConnectionClosed("mproc child: parent closed before sending the target");
+    std::vector<int> fds;
+    for (std::size_t i = 0; i < nfds; ++i) fds.push_back(received[i].release());
     if (len > kMaxLaunch) throw ProtocolError("mproc child: launch message of " + std::to_string(len) + " bytes");
     Bytes buf(len);
     if (sys::read_full(ctrl_fd, buf.data(), len) != len) throw TruncatedMessage(0, len);
@@ -95,8 +105,8 @@ void run_launched_child(int ctrl_fd, pid_t parent) {
     me.name = msg.name;
     me.daemon = msg.daemon;
     set_identity(me, ProcessInfo{msg.parent_pid, msg.parent_name, false});
-    auto* entry = msg.entry.get<void(std::span<const std::byte>)>();
-    entry(msg.payload);
+    auto* entry = msg.entry.get<void(std::span<const std::byte>, std::vector<int>&)>();
+    entry(msg.payload, fds);
   });
 }
 

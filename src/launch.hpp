@@ -31,7 +31,8 @@ struct LaunchMessage {
   }
 };
 
-void write_launch(int ctrl_fd, const LaunchMessage& msg);
+// fds travel with the first bytes (SCM_RIGHTS).
+void write_launch(int ctrl_fd, const LaunchMessage& msg, std::span<const int> fds);
 
 // Child side. Each sets up the child (death signal, identity), runs the
 // target, reports an exception, flushes stdio and _exits.

@@ -102,7 +102,11 @@ void start_exec(ProcessState& s, sys::UniqueFd child_ctrl) {
   msg.daemon = s.options.daemon;
   msg.parent_pid = ::getpid();
   msg.parent_name = g_self.name;
-  s.target.encode(msg.entry, msg.payload);
+  std::vector<int> fds;
+  s.target.encode(msg.entry, msg.payload, fds);
+  if (fds.size() > 250)
+    throw std::invalid_argument("mproc::Process::start: " + s.options.name + " carries " + std::to_string(fds.size()) +
+                                " connections; at most 250 can be passed");
   if (s.method == StartMethod::spawn) {
     s.pid = spawn_child(child_ctrl.get());
     s.pidfd = sys::pidfd_open(s.pid);
@@ -114,7 +118,7 @@ void start_exec(ProcessState& s, sys::UniqueFd child_ctrl) {
     s.status = std::move(c.status);
   }
   try {
-    write_launch(s.ctrl.get(), msg);
+    write_launch(s.ctrl.get(), msg, fds);
   } catch (const std::system_error&) {
     // The child died before reading its target; its exit code tells.
   }
@@ -193,12 +197,20 @@ void Process::start() {
       throw std::logic_error("mproc::Process::start: " + std::string(to_string(s.method)) +
                              " needs mproc::init(argc, argv) at the top of main");
   }
+  // With SIGCHLD ignored the kernel reaps children at once: their exit codes
+  // would be lost and their pids could be reused under us.
+  struct sigaction chld {};
+  ::sigaction(SIGCHLD, nullptr, &chld);
+  if (chld.sa_handler == SIG_IGN || (chld.sa_flags & SA_NOCLDWAIT))
+    throw std::logic_error("mproc::Process::start: SIGCHLD is ignored (SIG_IGN or SA_NOCLDWAIT) in this process; "
+                           "children could not be joined");
   auto [mine, theirs] = sys::socket_pair(SOCK_STREAM);
   s.ctrl = std::move(mine);
   s.owner = ::getpid();
   if (s.method == StartMethod::fork) detail::start_fork(s, std::move(theirs));
   else detail::start_exec(s, std::move(theirs));
   s.started = true;
+  s.target = {};  // the child owns what was moved into its target now
   detail::registry_add(&s);
 }
 

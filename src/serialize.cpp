@@ -73,3 +73,23 @@ ErrorInfo capture_error(std::exception_ptr e) {
 RemoteError to_remote_error(const ErrorInfo& info) { return RemoteError(info.type_name, info.message); }
 
 }  // namespace mproc
+
+namespace mproc {
+
+std::uint32_t OutputArchive::attach_fd(int fd, const char* what) {
+  if (!fds_)
+    throw std::invalid_argument(std::string("mproc: a ") + what +
+                                " can only be given to a child process as an argument of its target");
+  if (fd < 0) throw std::invalid_argument(std::string("mproc: cannot send a closed ") + what);
+  fds_->push_back(fd);
+  return static_cast<std::uint32_t>(fds_->size() - 1);
+}
+
+int InputArchive::take_fd(std::uint32_t index, const char* what) {
+  if (!fds_ || index >= fds_->size() || (*fds_)[index] < 0)
+    throw DeserializeError(std::string("mproc: no file descriptor #") + std::to_string(index) + " came with this " +
+                           what);
+  return std::exchange((*fds_)[index], -1);
+}
+
+}  // namespace mproc

@@ -3,6 +3,7 @@
 // mismatch is a FunctionRefError, never a jump.
 #include <dlfcn.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -148,6 +149,29 @@ TEST(FunctionRef, ConcurrentMakeAndResolve) {
     });
   for (auto& th : threads) th.join();
   EXPECT_EQ(bad.load(), 0);
+}
+
+TEST(FunctionRef, UsableInAChildForkedWhileAnotherThreadUsesIt) {
+  std::atomic<bool> stop{false};
+  std::thread busy([&] {
+    while (!stop) (void)mproc::FunctionRef::of(&add_one).get<int(int)>();
+  });
+  int ok = 0;
+  for (int i = 0; i < 20; ++i) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      ::alarm(5);  // a deadlock in the child ends as SIGALRM, not a hung test
+      const auto r = mproc::FunctionRef::of(&add_one);
+      ::_exit(r.get<int(int)>()(1) == 2 ? 0 : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) ++ok;
+  }
+  stop = true;
+  busy.join();
+  EXPECT_EQ(ok, 20);
 }
 
 TEST(FunctionRef, FollowsDlopenAndDlclose) {

@@ -207,6 +207,25 @@ TEST_P(ProcessByMethod, DestructorJoinsNonDaemon) {
   EXPECT_TRUE(mproc::test::pid_gone(pid));
 }
 
+void echo_twice(mproc::Connection c, int x) {
+  c.send(x * 2);
+  auto s = c.recv<std::string>();
+  c.send(s + "!");
+}
+
+TEST_P(ProcessByMethod, PipeEndMovedIntoTheChild) {
+  auto [mine, theirs] = mproc::Pipe();
+  Process p(with(GetParam()), echo_twice, std::move(theirs), 21);
+  p.start();
+  EXPECT_EQ(mine.recv<int>(), 42);
+  mine.send(std::string("hi"));
+  EXPECT_EQ(mine.recv<std::string>(), "hi!");
+  p.join();
+  EXPECT_EQ(p.exitcode(), 0);
+  // The parent's Process dropped its copy at start: the child's exit is EOF.
+  EXPECT_THROW(mine.recv<int>(), mproc::ConnectionClosed);
+}
+
 INSTANTIATE_TEST_SUITE_P(AllMethods, ProcessByMethod,
                          testing::Values(StartMethod::fork, StartMethod::spawn, StartMethod::forkserver), method_name);
 
@@ -294,4 +313,14 @@ TEST(Process, CloseRefusesARunningProcess) {
   p.kill();
   p.join();
   p.close();
+}
+
+TEST(Process, IgnoredSigchldIsRefusedClearly) {
+  struct sigaction ign {}, old {};
+  ign.sa_handler = SIG_IGN;
+  ::sigaction(SIGCHLD, &ign, &old);
+  Process p(with(StartMethod::fork), return_normally);
+  EXPECT_THROW(p.start(), std::logic_error);
+  ::sigaction(SIGCHLD, &old, nullptr);
+  EXPECT_EQ(p.pid(), 0);
 }

@@ -107,6 +107,12 @@ class Connection {
 
   static constexpr std::size_t kHeaderSize = 16;
 
+  // A Connection given (moved) to a Process target reaches the child under
+  // every start method: inherited under fork, passed as a file descriptor
+  // (SCM_RIGHTS) under spawn and forkserver. Only as a target argument.
+  void save(OutputArchive& ar) const { ar(ar.attach_fd(fd_, "mproc::Connection"), readable_, writable_); }
+  void load(InputArchive& ar);
+
  private:
   struct Header {
     std::uint32_t magic;

@@ -80,13 +80,13 @@ concept Remotable = (detail::is_fn_ptr_v<F> || detail::is_stateless_v<F> || deta
                     (detail::is_sendable_arg_v<A> && ...);
 
 namespace detail {
-using RemoteEntry = void (*)(std::span<const std::byte>);
+using RemoteEntry = void (*)(std::span<const std::byte>, std::vector<int>&);
 
 // The typed entry point that a fresh image runs for target type F.
 template <class F, class... A>
-void remote_entry(std::span<const std::byte> payload) {
+void remote_entry(std::span<const std::byte> payload, std::vector<int>& fds) {
   std::tuple<A...> args;
-  InputArchive ar(payload);
+  InputArchive ar(payload, &fds);
   try {
     if constexpr (is_fn_ptr_v<F>) {
       FunctionRef ref;
@@ -110,11 +110,12 @@ void remote_entry(std::span<const std::byte> payload) {
 }
 
 // What a child runs: `local` in a forked copy of the caller; `encode` writes
-// (entry, payload) for a fresh image, and is empty when the target cannot
-// cross an exec.
+// (entry, payload, fds to pass) for a fresh image, and is empty when the
+// target cannot cross an exec. Both are dropped once the child has started,
+// so what was moved into the target (a Connection) is the child's alone.
 struct Target {
   std::function<void()> local;
-  std::function<void(FunctionRef&, Bytes&)> encode;
+  std::function<void(FunctionRef&, Bytes&, std::vector<int>&)> encode;
 };
 
 template <class F, class... A>
@@ -126,9 +127,9 @@ Target make_target(F&& f, A&&... args) {
     std::apply([](auto& fn, auto&... a) { std::invoke(fn, std::move(a)...); }, *state);
   };
   if constexpr (Remotable<Fn, std::decay_t<A>...>) {
-    t.encode = [state](FunctionRef& entry, Bytes& payload) {
+    t.encode = [state](FunctionRef& entry, Bytes& payload, std::vector<int>& fds) {
       entry = FunctionRef::of(&remote_entry<Fn, std::decay_t<A>...>);
-      OutputArchive ar(payload);
+      OutputArchive ar(payload, &fds);
       std::apply(
           [&](const Fn& fn, const auto&... a) {
             if constexpr (is_fn_ptr_v<Fn>) ar(FunctionRef::of(fn));

@@ -58,23 +58,29 @@ using Bytes = std::vector<std::byte>;
 // Appends to a byte vector. No stream, no virtual calls.
 class OutputArchive : public cereal::OutputArchive<OutputArchive, cereal::AllowEmptyClassElision> {
  public:
-  explicit OutputArchive(Bytes& out)
-      : cereal::OutputArchive<OutputArchive, cereal::AllowEmptyClassElision>(this), out_(out) {}
+  // fds: where file descriptors of serialized objects (a Connection given
+  // to a child) are collected, to travel beside the bytes (SCM_RIGHTS).
+  explicit OutputArchive(Bytes& out, std::vector<int>* fds = nullptr)
+      : cereal::OutputArchive<OutputArchive, cereal::AllowEmptyClassElision>(this), out_(out), fds_(fds) {}
   void saveBinary(const void* data, std::size_t size) {
     const auto* p = static_cast<const std::byte*>(data);
     out_.insert(out_.end(), p, p + size);
   }
+  // Records fd for passing; returns its index. Throws where fds cannot travel.
+  std::uint32_t attach_fd(int fd, const char* what);
 
  private:
   Bytes& out_;
+  std::vector<int>* fds_;
 };
 
 // Reads from a byte span; throws DeserializeError on a short read or on a size
 // tag larger than what is left.
 class InputArchive : public cereal::InputArchive<InputArchive, cereal::AllowEmptyClassElision> {
  public:
-  explicit InputArchive(std::span<const std::byte> in)
-      : cereal::InputArchive<InputArchive, cereal::AllowEmptyClassElision>(this), in_(in) {}
+  // fds: descriptors received beside the bytes; take_fd() claims them.
+  explicit InputArchive(std::span<const std::byte> in, std::vector<int>* fds = nullptr)
+      : cereal::InputArchive<InputArchive, cereal::AllowEmptyClassElision>(this), in_(in), fds_(fds) {}
   void loadBinary(void* data, std::size_t size) {
     if (size > remaining()) throw_short(size);
     if (size != 0) std::memcpy(data, in_.data() + pos_, size);  // data may be null when size is 0
@@ -83,10 +89,13 @@ class InputArchive : public cereal::InputArchive<InputArchive, cereal::AllowEmpt
   std::size_t remaining() const noexcept { return in_.size() - pos_; }
   [[noreturn]] void throw_short(std::size_t wanted) const;
   [[noreturn]] void throw_size(std::uint64_t size) const;
+  // The received fd at index (ownership passes to the caller).
+  int take_fd(std::uint32_t index, const char* what);
 
  private:
   std::span<const std::byte> in_;
   std::size_t pos_ = 0;
+  std::vector<int>* fds_;
 };
 
 // ---- archive primitives (found by ADL through the archive type) ----------

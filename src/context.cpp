@@ -109,6 +109,9 @@ void init(int argc, char** argv, const InitOptions& options) {
     if (!g_method) g_method = method;
     method = *g_method;
   }
+  // Fill FunctionRef's module cache now, while single-threaded: a fork taken
+  // while another thread first fills it could inherit glibc's loader lock.
+  (void)FunctionRef::of(&get_all_start_methods);
   if (method == StartMethod::forkserver) detail::start_forkserver_by_fork();
 }
 

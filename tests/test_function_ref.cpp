@@ -152,6 +152,9 @@ TEST(FunctionRef, ConcurrentMakeAndResolve) {
 }
 
 TEST(FunctionRef, UsableInAChildForkedWhileAnotherThreadUsesIt) {
+  // Warm the module cache first: only a cache miss walks the loader's list, and
+  // a fork during that walk is what glibc cannot make safe.
+  (void)mproc::FunctionRef::of(&add_one);
   std::atomic<bool> stop{false};
   std::thread busy([&] {
     while (!stop) (void)mproc::FunctionRef::of(&add_one).get<int(int)>();

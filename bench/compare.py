@@ -38,12 +38,25 @@ ROWS = [
      "BM_RawPipePingPong", "raw pipe 1-byte ping-pong", "time"),
     ("64 MiB send_bytes + 1-byte ack", "pipe_bandwidth_64MiB", "BM_PipeBandwidth64MiB",
      "BM_RawSocketStream64MiB", "raw socketpair stream", "bw"),
+    # The same round trips with both processes on one CPU (see ONE_CPU).
+    ("Pipe round trip, int (duplex Pipe()), 1 CPU", "1cpu:pipe_pingpong_small", "1cpu:BM_PipeRoundTrip/duplex",
+     "1cpu:BM_RawPipePingPong", "raw pipe 1-byte ping-pong, 1 CPU", "time"),
+    ("Pipe round trip, int (two Pipe(false)), 1 CPU", "1cpu:pipe_pingpong_small_simplex",
+     "1cpu:BM_PipeRoundTrip/simplex", "1cpu:BM_RawPipePingPong", "raw pipe 1-byte ping-pong, 1 CPU", "time"),
 ]
+# Round trips are run a second time with both sides pinned to one CPU: on this
+# VM a cross-CPU wakeup costs ~35 µs and the scheduler flips between placing
+# the two processes on one CPU or two, so unpinned figures are bimodal.
+ONE_CPU = "1cpu:"
+ONE_CPU_FILTER = "PingPong|RoundTrip"
+ONE_CPU_PY = ["pipe_pingpong_small", "pipe_pingpong_small_simplex"]
 FLOORS = [
     ("BM_BareFork", "fork + _exit + waitpid", "time"),
     ("BM_RawPipePingPong", "1-byte ping-pong over two pipes", "time"),
     ("BM_RawSocketPingPong", "1-byte ping-pong over a socketpair", "time"),
     ("BM_RawSocketStream64MiB", "64 MiB over a socketpair + 1-byte ack", "bw"),
+    ("1cpu:BM_RawPipePingPong", "1-byte ping-pong over two pipes, both on 1 CPU", "time"),
+    ("1cpu:BM_RawSocketPingPong", "1-byte ping-pong over a socketpair, both on 1 CPU", "time"),
 ]
 PY_UNIT_TO_SECONDS = {"ms/process": 1e-3, "us/roundtrip": 1e-6}
 GB_UNIT_TO_S = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -55,23 +68,24 @@ def pick_python():
     return shutil.which("python3") or sys.executable
 
 
-PIN = []  # taskset prefix from --pin
+PIN = None  # CPU set for the whole run, from --pin
 
 
-def run(cmd, timeout):
-    cmd = PIN + cmd
+def run(cmd, timeout, cpus=None):
+    cpus = cpus or PIN
     t = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                       preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     if r.returncode != 0:
         sys.stderr.write(f"compare: {' '.join(cmd)} exited {r.returncode}\n{r.stderr[-4000:]}\n")
     return r, time.perf_counter() - t
 
 
-def run_mproc(exe, min_time, bench_filter, timeout):
+def run_mproc(exe, min_time, bench_filter, timeout, cpus=None, prefix=""):
     cmd = [exe, "--benchmark_format=json", f"--benchmark_min_time={min_time}"]
     if bench_filter:
         cmd.append(f"--benchmark_filter={bench_filter}")
-    r, dt = run(cmd, timeout)
+    r, dt = run(cmd, timeout, cpus)
     out = {}
     try:
         data = json.loads(r.stdout)
@@ -80,7 +94,7 @@ def run_mproc(exe, min_time, bench_filter, timeout):
         return out, None, dt
     for b in data.get("benchmarks", []):
         name = b.get("run_name") or b["name"]
-        name = name.replace("/real_time", "")
+        name = prefix + name.replace("/real_time", "")
         if b.get("error_occurred"):
             out[name] = ("error", b.get("error_message", "error"))
             continue
@@ -91,9 +105,9 @@ def run_mproc(exe, min_time, bench_filter, timeout):
     return out, data.get("context", {}), dt
 
 
-def run_python(py, scale, workloads, timeout):
+def run_python(py, scale, workloads, timeout, cpus=None, prefix=""):
     cmd = [py, os.path.join(HERE, "python_baseline.py"), f"--scale={scale}", *workloads]
-    r, dt = run(cmd, timeout)
+    r, dt = run(cmd, timeout, cpus)
     out, header = {}, ""
     for line in r.stdout.splitlines():
         if line.startswith("#"):
@@ -102,7 +116,7 @@ def run_python(py, scale, workloads, timeout):
         parts = line.split("\t")
         if len(parts) != 3:
             continue
-        name, value, unit = parts[0], float(parts[1]), parts[2]
+        name, value, unit = prefix + parts[0], float(parts[1]), parts[2]
         if unit == "GB/s":
             out[name] = ("bw", value * 1e9)
         else:
@@ -188,7 +202,9 @@ def main():
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     ap.add_argument("--timeout", type=float, default=300, help="timeout per program run (s)")
     ap.add_argument("--pin", default=None, metavar="CPUS",
-                    help="run both sides under `taskset -c CPUS` (e.g. 0 or 0,1) for steadier round trips")
+                    help="pin the whole run to these CPUs (e.g. 0 or 0,1)")
+    ap.add_argument("--one-cpu", default=None, metavar="CPU",
+                    help="CPU for the extra one-CPU round-trip rows (default: the first allowed; 'none' skips)")
     args = ap.parse_args()
 
     build = args.build if os.path.isabs(args.build) else os.path.join(ROOT, args.build)
@@ -196,29 +212,42 @@ def main():
     if not os.path.exists(exe):
         sys.exit(f"compare: {exe} not found; build it first (cmake --build {args.build} --target mproc_bench)")
     py = args.python or pick_python()
+    global PIN
     if args.pin:
-        PIN[:] = ["taskset", "-c", args.pin]
-    workloads = sorted({r[1] for r in ROWS})
+        PIN = {int(c) for c in args.pin.split(",")}
+    one_cpu = None
+    if args.one_cpu != "none":
+        one_cpu = {int(args.one_cpu) if args.one_cpu else min(os.sched_getaffinity(0))}
+    workloads = sorted({r[1] for r in ROWS if not r[1].startswith(ONE_CPU)})
 
     mp_rounds, py_rounds = [], []
     context, py_header = {}, ""
     t0 = time.perf_counter()
     for i in range(args.rounds):
         order = ["mproc", "python"] if i % 2 == 0 else ["python", "mproc"]
-        for who in order:
-            if who == "mproc":
-                res, ctx, dt = run_mproc(exe, args.min_time, args.filter, args.timeout)
-                mp_rounds.append(res)
-                context = ctx or context
-            else:
-                res, hdr, dt = run_python(py, args.scale, workloads, args.timeout)
-                py_rounds.append(res)
-                py_header = hdr or py_header
-            print(f"round {i + 1}/{args.rounds}: {who} {dt:.1f} s", file=sys.stderr, flush=True)
+        mp_rounds.append({})
+        py_rounds.append({})
+        for pinned in ([False, True] if one_cpu else [False]):
+            for who in order:
+                cpus, prefix = (one_cpu, ONE_CPU) if pinned else (None, "")
+                if who == "mproc":
+                    res, ctx, dt = run_mproc(exe, args.min_time, ONE_CPU_FILTER if pinned else args.filter,
+                                             args.timeout, cpus, prefix)
+                    mp_rounds[-1].update(res)
+                    context = ctx or context
+                else:
+                    res, hdr, dt = run_python(py, args.scale, ONE_CPU_PY if pinned else workloads,
+                                              args.timeout, cpus, prefix)
+                    py_rounds[-1].update(res)
+                    py_header = hdr or py_header
+                what = f"{who} on CPU {sorted(cpus)}" if pinned else who
+                print(f"round {i + 1}/{args.rounds}: {what} {dt:.1f} s", file=sys.stderr, flush=True)
     total = time.perf_counter() - t0
 
     rows = []
     for label, pyname, mpname, floorname, floorlabel, kind in ROWS:
+        if pyname.startswith(ONE_CPU) and not one_cpu:
+            continue
         pv, mv = median_of(py_rounds, pyname), median_of(mp_rounds, mpname)
         fv = median_of(mp_rounds, floorname) if floorname else None
         rows.append({"label": label, "kind": kind, "py": pv, "mp": mv, "floor": fv, "floorlabel": floorlabel,
@@ -236,6 +265,8 @@ def main():
 
     floor_lines = ["| floor (same binary) | what | median |", "|---|---|---|"]
     for name, what, kind in FLOORS:
+        if name.startswith(ONE_CPU) and not one_cpu:
+            continue
         floor_lines.append(f"| `{name}` | {what} | {fmt_val(median_of(mp_rounds, name), kind)} |")
     floors = "\n".join(floor_lines)
 
@@ -250,7 +281,11 @@ def main():
     v = fork_row["slowdown"]
     target("Process start+join (fork) within 2× of bare fork+_exit+waitpid", v, v is not None and v <= 2.0)
     for lbl, tag in (("Pipe round trip, int (duplex Pipe())", "duplex Pipe()"),
-                     ("Pipe round trip, int (two Pipe(false))", "two Pipe(false)")):
+                     ("Pipe round trip, int (two Pipe(false))", "two Pipe(false)"),
+                     ("Pipe round trip, int (duplex Pipe()), 1 CPU", "duplex Pipe(), 1 CPU"),
+                     ("Pipe round trip, int (two Pipe(false)), 1 CPU", "two Pipe(false), 1 CPU")):
+        if lbl not in by:
+            continue
         r = by[lbl]
         target(f"Pipe round trip ({tag}) ≥ 4× faster than CPython's Pipe", r["speedup"],
                r["speedup"] is not None and r["speedup"] >= 4.0)
@@ -332,8 +367,14 @@ comparison to mproc is like for like:
 
 ## Spread over rounds
 
-This is a shared 2-CPU VM: round trips between two processes depend on whether
-the scheduler puts them on one CPU or two, so single runs vary by 2-3×.
+This is a shared 2-CPU VM. The cross-process round trip has two modes here:
+a quiet one (raw pipe ping-pong about 5 µs) and a slow one (about 35-40 µs,
+seen for minutes at a time while other jobs run), and every ping-pong figure,
+CPython's included, moves with it. In the slow mode the fixed cost hides
+per-message overhead, so mproc/floor looks better than in the quiet mode;
+the "1 CPU" rows (both processes pinned to one CPU, so no cross-CPU wakeup)
+are the steady measure of per-message overhead; judge the 1.5× target there
+too.
 
 {spread_table}
 

@@ -6,3 +6,6 @@
 #include "mproc/function_ref.hpp"
 #include "mproc/process.hpp"
 #include "mproc/serialize.hpp"
+#include "mproc/executor.hpp"
+#include "mproc/futures.hpp"
+#include "mproc/pool.hpp"

@@ -32,6 +32,7 @@
 #include <utility>
 #include <vector>
 
+#include "mproc/call.hpp"
 #include "mproc/errors.hpp"
 #include "mproc/function_ref.hpp"
 #include "mproc/serialize.hpp"
@@ -59,27 +60,6 @@ struct ProcessInfo {
 };
 
 namespace detail {
-template <class F>
-inline constexpr bool is_fn_ptr_v = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
-// Captureless lambdas and other empty function objects: rebuilt, not sent.
-template <class F>
-inline constexpr bool is_stateless_v = std::is_class_v<F> && std::is_empty_v<F> &&
-                                       std::is_default_constructible_v<F> && std::is_trivially_copyable_v<F>;
-template <class F>
-inline constexpr bool is_serializable_fn_v = std::is_class_v<F> && !is_stateless_v<F> &&
-                                             is_serializable_v<F> && std::is_default_constructible_v<F>;
-template <class A>
-inline constexpr bool is_sendable_arg_v = is_serializable_v<A> && std::is_default_constructible_v<A>;
-}  // namespace detail
-
-// A target that can run in a fresh image of the binary (spawn, forkserver,
-// MPI): a function, a stateless lambda or a serializable function object,
-// with serializable arguments.
-template <class F, class... A>
-concept Remotable = (detail::is_fn_ptr_v<F> || detail::is_stateless_v<F> || detail::is_serializable_fn_v<F>) &&
-                    (detail::is_sendable_arg_v<A> && ...);
-
-namespace detail {
 using RemoteEntry = void (*)(std::span<const std::byte>, std::vector<int>&);
 
 // The typed entry point that a fresh image runs for target type F.
@@ -88,22 +68,9 @@ void remote_entry(std::span<const std::byte> payload, std::vector<int>& fds) {
   std::tuple<A...> args;
   InputArchive ar(payload, &fds);
   try {
-    if constexpr (is_fn_ptr_v<F>) {
-      FunctionRef ref;
-      ar(ref, args);
-      auto* fn = ref.get<std::remove_pointer_t<F>>();
-      std::apply(fn, std::move(args));
-      return;
-    } else if constexpr (is_stateless_v<F>) {
-      ar(args);
-      std::apply(F{}, std::move(args));
-      return;
-    } else {
-      F f{};
-      ar(f, args);
-      std::apply(f, std::move(args));
-      return;
-    }
+    F fn = load_callable<F>(ar);
+    ar(args);
+    std::apply(fn, std::move(args));
   } catch (const cereal::Exception& e) {
     throw_deserialize(typeid(std::tuple<F, A...>).name(), e.what());
   }
@@ -128,12 +95,11 @@ Target make_target(F&& f, A&&... args) {
   };
   if constexpr (Remotable<Fn, std::decay_t<A>...>) {
     t.encode = [state](FunctionRef& entry, Bytes& payload, std::vector<int>& fds) {
-      entry = FunctionRef::of(&remote_entry<Fn, std::decay_t<A>...>);
+      entry = entry_ref<&remote_entry<Fn, std::decay_t<A>...>>();
       OutputArchive ar(payload, &fds);
       std::apply(
           [&](const Fn& fn, const auto&... a) {
-            if constexpr (is_fn_ptr_v<Fn>) ar(FunctionRef::of(fn));
-            else if constexpr (is_serializable_fn_v<Fn>) ar(fn);
+            save_callable(ar, fn);
             ar(std::tie(a...));  // read back as std::tuple<A...>
           },
           *state);

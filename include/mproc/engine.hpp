@@ -1,0 +1,55 @@
+// The pool engine under Pool and ProcessPoolExecutor (see src/engine.cpp for
+// the data-flow picture). Internal: use pool.hpp / executor.hpp.
+#pragma once
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mproc/call.hpp"
+#include "mproc/futures.hpp"
+#include "mproc/process.hpp"
+
+namespace mproc::detail {
+
+struct EngineOptions {
+  unsigned workers = 0;                          // 0: cpu_count()
+  std::optional<StartMethod> start_method;       // default: get_start_method()
+  std::optional<Call> initializer;               // run once in each worker
+  unsigned max_tasks_per_child = 0;              // 0: no limit
+  std::size_t max_memory_per_child = 0;          // bytes of RSS; 0: no limit
+  std::optional<std::chrono::nanoseconds> task_timeout;
+  std::string name = "PoolWorker";
+};
+
+class Engine {
+ public:
+  explicit Engine(EngineOptions options);
+  ~Engine();  // shutdown(wait = true)
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Thread-safe. Throws BrokenPool / Error once shut down.
+  std::shared_ptr<TaskState> submit(Call call, std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
+  // No new tasks; pending ones run (or are cancelled); workers then exit.
+  // wait: block until they have.
+  void shutdown(bool wait, bool cancel_pending);
+  // Kill the workers now; unfinished tasks fail with BrokenPool.
+  void terminate();
+  // Block until the engine has stopped (after shutdown or terminate).
+  void join();
+
+  unsigned size() const noexcept;
+  std::vector<pid_t> worker_pids() const;  // live workers, for tests and tools
+  std::size_t respawns() const noexcept;   // workers replaced so far
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mproc::detail

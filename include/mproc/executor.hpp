@@ -1,0 +1,142 @@
+// ProcessPoolExecutor: concurrent.futures.ProcessPoolExecutor, where a task
+// that crashes or runs past its deadline fails alone (WorkerCrashed /
+// TaskTimeout) and the pool goes on.
+//
+//   mproc::ProcessPoolExecutor ex({.max_workers = 4, .task_timeout = 5s});
+//   auto f = ex.submit(largest_prime_factor, 100913100913ULL);
+//   f.get();
+#pragma once
+#include <chrono>
+#include <cstddef>
+#include <iterator>
+#include <optional>
+#include <ranges>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "mproc/call.hpp"
+#include "mproc/engine.hpp"
+#include "mproc/futures.hpp"
+
+namespace mproc {
+
+// A function and its arguments, for an initializer:
+// `PoolOptions{.initializer = mproc::call(setup, "db.sqlite")}`.
+template <class F, class... A>
+detail::Call call(F&& fn, A&&... args) {
+  return detail::make_call<std::decay_t<F>, std::decay_t<A>...>(fn, args...);
+}
+
+struct PoolOptions {
+  unsigned max_workers = 0;              // 0: cpu_count()
+  unsigned max_tasks_per_child = 0;      // recycle a worker after this many tasks
+  std::size_t max_memory_per_child = 0;  // recycle a worker whose RSS passed this (bytes)
+  std::optional<detail::Call> initializer;
+  std::optional<std::chrono::nanoseconds> task_timeout;  // per task; submit can override
+  std::optional<StartMethod> start_method;               // Python's mp_context
+};
+
+struct SubmitOptions {
+  std::optional<std::chrono::nanoseconds> timeout;  // overrides PoolOptions::task_timeout
+};
+
+namespace detail {
+inline EngineOptions engine_options(const PoolOptions& o, const char* name) {
+  EngineOptions e;
+  e.workers = o.max_workers;
+  e.start_method = o.start_method;
+  e.initializer = o.initializer;
+  e.max_tasks_per_child = o.max_tasks_per_child;
+  e.max_memory_per_child = o.max_memory_per_child;
+  e.task_timeout = o.task_timeout;
+  e.name = name;
+  return e;
+}
+
+template <class R>
+std::vector<R> concat_chunks(std::vector<Future<std::vector<R>>>& chunks, std::chrono::steady_clock::time_point deadline) {
+  std::vector<R> out;
+  for (auto& c : chunks) {
+    auto now = std::chrono::steady_clock::now();
+    Timeout left = deadline == std::chrono::steady_clock::time_point::max()
+                       ? Timeout{}
+                       : Timeout{std::max(deadline - now, std::chrono::steady_clock::duration::zero())};
+    auto part = c.result(left);
+    out.insert(out.end(), std::make_move_iterator(part.begin()), std::make_move_iterator(part.end()));
+  }
+  return out;
+}
+
+// Submits fn over items in chunks; each future holds one chunk's results.
+template <class F, class Item, bool Star, class Range>
+auto submit_chunks(Engine& engine, const F& fn, const Range& items, std::size_t chunksize) {
+  using R = stored_result_t<chunk_result_t<F, Item, Star>>;
+  std::vector<Future<std::vector<R>>> chunks;
+  if (chunksize == 0) chunksize = 1;
+  auto it = std::ranges::begin(items);
+  const auto end = std::ranges::end(items);
+  std::vector<Item> buf;
+  while (it != end) {
+    buf.clear();
+    for (; it != end && buf.size() < chunksize; ++it) buf.push_back(*it);
+    chunks.emplace_back(engine.submit(make_chunk_call<F, Item, Star>(fn, buf.begin(), buf.end())));
+  }
+  return chunks;
+}
+
+// Python's default: len / (4 × workers), rounded up.
+template <class Range>
+std::size_t default_chunksize(const Range& items, unsigned workers) {
+  if constexpr (std::ranges::sized_range<Range>) {
+    auto n = static_cast<std::size_t>(std::ranges::size(items));
+    std::size_t d = 4u * std::max(1u, workers);
+    return std::max<std::size_t>(1, (n + d - 1) / d);
+  } else {
+    return 1;
+  }
+}
+}  // namespace detail
+
+class ProcessPoolExecutor {
+ public:
+  explicit ProcessPoolExecutor(PoolOptions options = {})
+      : engine_(detail::engine_options(options, "ExecutorWorker")) {}
+  explicit ProcessPoolExecutor(unsigned max_workers) : ProcessPoolExecutor(PoolOptions{.max_workers = max_workers}) {}
+  ~ProcessPoolExecutor() = default;  // the engine shuts down, waiting
+
+  template <class F, class... A>
+    requires(!std::is_same_v<std::decay_t<F>, SubmitOptions>)
+  auto submit(F&& fn, A&&... args) {
+    return submit(SubmitOptions{}, std::forward<F>(fn), std::forward<A>(args)...);
+  }
+  template <class F, class... A>
+  auto submit(SubmitOptions options, F&& fn, A&&... args) {
+    using R = detail::call_result_t<std::decay_t<F>, std::decay_t<A>...>;
+    auto call = detail::make_call<std::decay_t<F>, std::decay_t<A>...>(fn, args...);
+    return Future<R>(engine_.submit(std::move(call), options.timeout));
+  }
+
+  // Results in input order. Throws the first task's error, or TimeoutError
+  // when the results are not all in within timeout (from this call).
+  template <class F, std::ranges::input_range Range>
+  auto map(F&& fn, const Range& items, Timeout timeout = std::nullopt, std::size_t chunksize = 1) {
+    using Item = std::ranges::range_value_t<Range>;
+    const auto deadline = detail::deadline_after(timeout);
+    auto chunks = detail::submit_chunks<std::decay_t<F>, Item, false>(engine_, fn, items, chunksize);
+    return detail::concat_chunks(chunks, deadline);
+  }
+
+  // No new tasks. wait: block until running and pending tasks are done and
+  // the workers have exited. cancel_futures: cancel the pending ones.
+  void shutdown(bool wait = true, bool cancel_futures = false) { engine_.shutdown(wait, cancel_futures); }
+
+  unsigned max_workers() const noexcept { return engine_.size(); }
+  std::vector<pid_t> worker_pids() const { return engine_.worker_pids(); }
+  std::size_t respawns() const noexcept { return engine_.respawns(); }
+
+ private:
+  detail::Engine engine_;
+};
+
+}  // namespace mproc

@@ -1,0 +1,270 @@
+// Pool: multiprocessing.Pool over the same engine as ProcessPoolExecutor. A
+// worker that segfaults, aborts or is killed fails its task alone
+// (WorkerCrashed) and is replaced; CPython's Pool hangs there (gh-66587).
+//
+//   mproc::Pool pool(4);
+//   std::vector<int> squares = pool.map(square, std::views::iota(0, 100));
+#pragma once
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <ranges>
+
+#include "mproc/executor.hpp"
+
+namespace mproc {
+
+// apply_async / map_async: Python's AsyncResult.
+template <class R>
+class AsyncResult {
+  struct Shared {
+    std::vector<std::shared_ptr<detail::TaskState>> parts;
+    std::function<R()> value;  // decodes once all parts succeeded
+    std::atomic<std::size_t> left{0};
+    std::mutex mu;
+    std::vector<std::function<void()>> on_ready;
+    bool ready = false;
+  };
+
+ public:
+  AsyncResult(std::vector<std::shared_ptr<detail::TaskState>> parts, std::function<R()> value)
+      : s_(std::make_shared<Shared>()) {
+    s_->parts = std::move(parts);
+    s_->value = std::move(value);
+    s_->left = s_->parts.size();
+    if (s_->parts.empty()) s_->ready = true;
+    for (auto& p : s_->parts)
+      p->add_callback([s = std::weak_ptr<Shared>(s_)] {
+        if (auto sp = s.lock(); sp && --sp->left == 0) fire(*sp);
+      });
+  }
+
+  bool ready() const {
+    for (auto& p : s_->parts)
+      if (!p->finished()) return false;
+    return true;
+  }
+  // Python raises ValueError when not ready: here std::logic_error.
+  bool successful() const {
+    if (!ready()) throw std::logic_error("AsyncResult::successful: not ready");
+    return first_error() == nullptr;
+  }
+  bool wait(Timeout timeout = std::nullopt) const {
+    const auto deadline = detail::deadline_after(timeout);
+    for (auto& p : s_->parts)
+      if (!p->wait_until(deadline)) return false;
+    return true;
+  }
+  R get(Timeout timeout = std::nullopt) const {
+    if (!wait(timeout)) throw TimeoutError("AsyncResult::get: timed out");
+    if (auto e = first_error()) std::rethrow_exception(e);
+    return s_->value();
+  }
+  // Python's callback / error_callback: called once, when all parts are done
+  // (at once if they are), in the thread that finished the last part.
+  void add_callback(std::function<void(const R&)> on_value, std::function<void(std::exception_ptr)> on_error = {}) {
+    auto run = [self = *this, on_value = std::move(on_value), on_error = std::move(on_error)] {
+      if (auto e = self.first_error()) {
+        if (on_error) on_error(e);
+      } else if (on_value) {
+        on_value(self.s_->value());
+      }
+    };
+    {
+      std::lock_guard lock(s_->mu);
+      if (!s_->ready) {
+        s_->on_ready.push_back(std::move(run));
+        return;
+      }
+    }
+    run();
+  }
+
+ private:
+  static void fire(Shared& s) {
+    std::vector<std::function<void()>> cbs;
+    {
+      std::lock_guard lock(s.mu);
+      s.ready = true;
+      cbs.swap(s.on_ready);
+    }
+    for (auto& cb : cbs) cb();
+  }
+  std::exception_ptr first_error() const {
+    for (auto& p : s_->parts) {
+      if (p->phase.load() == detail::TaskPhase::cancelled)
+        return std::make_exception_ptr(CancelledError("task " + std::to_string(p->id) + " was cancelled"));
+      std::lock_guard lock(p->mu);
+      if (p->error) return p->error;
+    }
+    return nullptr;
+  }
+  std::shared_ptr<Shared> s_;
+};
+
+// Pool.imap / imap_unordered: a lazy input range in, results out as they are
+// consumed. At most `window` chunks are in flight, so memory stays flat
+// however long the input is.
+template <class F, class Range, bool Ordered>
+class IMap {
+  using Item = std::ranges::range_value_t<Range>;
+  using R = detail::stored_result_t<detail::chunk_result_t<F, Item, false>>;
+
+ public:
+  IMap(detail::Engine& engine, F fn, Range items, std::size_t chunksize, std::size_t window)
+      : engine_(&engine), fn_(std::move(fn)), items_(std::move(items)), it_(std::ranges::begin(items_)),
+        chunksize_(std::max<std::size_t>(1, chunksize)), window_(std::max<std::size_t>(1, window)),
+        done_(std::make_shared<detail::CompletionQueue>()) {}
+  IMap(IMap&&) = delete;  // callbacks point into it
+
+  // The next result, or nullopt at the end. Rethrows a task's error.
+  std::optional<R> next(Timeout timeout = std::nullopt) {
+    if (!out_.empty()) return pop_out();
+    refill();
+    if (inflight_.empty()) return std::nullopt;
+    std::size_t index = 0;
+    if constexpr (Ordered) {
+      index = 0;
+    } else {
+      auto i = done_->pop(detail::deadline_after(timeout));
+      if (!i) throw TimeoutError("imap_unordered: no result within the timeout");
+      index = *i;
+    }
+    auto pos = std::find_if(inflight_.begin(), inflight_.end(), [&](auto& e) { return e.first == index || Ordered; });
+    auto fut = std::move(pos->second);
+    inflight_.erase(pos);
+    auto part = fut.result(Ordered ? timeout : Timeout{});
+    for (auto& r : part) out_.push_back(std::move(r));
+    refill();
+    return next(timeout);
+  }
+
+  class iterator {
+   public:
+    using value_type = R;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(IMap* m) : m_(m) { ++*this; }
+    const R& operator*() const { return *cur_; }
+    iterator& operator++() {
+      cur_ = m_->next();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    bool operator==(std::default_sentinel_t) const { return !cur_; }
+
+   private:
+    IMap* m_ = nullptr;
+    std::optional<R> cur_;
+  };
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() { return {}; }
+
+ private:
+  R pop_out() {
+    R r = std::move(out_.front());
+    out_.pop_front();
+    return r;
+  }
+  void refill() {
+    std::vector<Item> buf;
+    while (inflight_.size() < window_ && it_ != std::ranges::end(items_)) {
+      buf.clear();
+      for (; it_ != std::ranges::end(items_) && buf.size() < chunksize_; ++it_) buf.push_back(*it_);
+      Future<std::vector<R>> f(engine_->submit(detail::make_chunk_call<F, Item, false>(fn_, buf.begin(), buf.end())));
+      const std::size_t index = next_index_++;
+      if constexpr (!Ordered) f.state().add_callback([q = done_, index] { q->push(index); });
+      inflight_.emplace_back(index, std::move(f));
+    }
+  }
+
+  detail::Engine* engine_;
+  F fn_;
+  Range items_;
+  std::ranges::iterator_t<Range> it_;
+  std::size_t chunksize_, window_;
+  std::deque<std::pair<std::size_t, Future<std::vector<R>>>> inflight_;
+  std::deque<R> out_;
+  std::size_t next_index_ = 0;
+  std::shared_ptr<detail::CompletionQueue> done_;
+};
+
+class Pool {
+ public:
+  explicit Pool(PoolOptions options = {}) : engine_(detail::engine_options(options, "PoolWorker")) {}
+  explicit Pool(unsigned processes) : Pool(PoolOptions{.max_workers = processes}) {}
+  // As Python's `with Pool() as p:` block: terminate.
+  ~Pool() { engine_.terminate(); }
+
+  // fn over items, results in order; chunksize 0 = Python's default.
+  template <class F, std::ranges::input_range Range>
+  auto map(F&& fn, const Range& items, std::size_t chunksize = 0) {
+    return map_async(std::forward<F>(fn), items, chunksize).get();
+  }
+  template <class F, std::ranges::input_range Range>
+  auto starmap(F&& fn, const Range& items, std::size_t chunksize = 0) {
+    return starmap_async(std::forward<F>(fn), items, chunksize).get();
+  }
+  template <class F, std::ranges::input_range Range>
+  auto map_async(F&& fn, const Range& items, std::size_t chunksize = 0) {
+    return chunked_async<std::decay_t<F>, std::ranges::range_value_t<Range>, false>(fn, items, chunksize);
+  }
+  template <class F, std::ranges::input_range Range>
+  auto starmap_async(F&& fn, const Range& items, std::size_t chunksize = 0) {
+    return chunked_async<std::decay_t<F>, std::ranges::range_value_t<Range>, true>(fn, items, chunksize);
+  }
+
+  // Lazy, in order (imap) or as they finish (imap_unordered). The range is
+  // read as results are consumed; it must outlive nothing (it is moved in).
+  template <class F, std::ranges::input_range Range>
+  auto imap(F fn, Range items, std::size_t chunksize = 1) {
+    return std::make_unique<IMap<F, std::views::all_t<Range>, true>>(engine_, fn, std::views::all(std::move(items)),
+                                                                    chunksize, 2 * engine_.size());
+  }
+  template <class F, std::ranges::input_range Range>
+  auto imap_unordered(F fn, Range items, std::size_t chunksize = 1) {
+    return std::make_unique<IMap<F, std::views::all_t<Range>, false>>(engine_, fn, std::views::all(std::move(items)),
+                                                                     chunksize, 2 * engine_.size());
+  }
+
+  template <class F, class... A>
+  auto apply(F&& fn, A&&... args) {
+    return apply_async(std::forward<F>(fn), std::forward<A>(args)...).get();
+  }
+  template <class F, class... A>
+  auto apply_async(F&& fn, A&&... args) {
+    using R = detail::call_result_t<std::decay_t<F>, std::decay_t<A>...>;
+    auto state = engine_.submit(detail::make_call<std::decay_t<F>, std::decay_t<A>...>(fn, args...));
+    return AsyncResult<R>({state}, [state]() -> R {
+      if constexpr (!std::is_void_v<R>) return from_bytes<R>(state->result);
+    });
+  }
+
+  // No more tasks; workers exit when the queued ones are done.
+  void close() { engine_.shutdown(false, false); }
+  // Stop the workers now; unfinished tasks fail with BrokenPool.
+  void terminate() { engine_.terminate(); }
+  // Wait for the workers to exit (after close() or terminate()).
+  void join() { engine_.join(); }
+
+  unsigned processes() const noexcept { return engine_.size(); }
+  std::vector<pid_t> worker_pids() const { return engine_.worker_pids(); }
+  std::size_t respawns() const noexcept { return engine_.respawns(); }
+
+ private:
+  template <class F, class Item, bool Star, class Range>
+  auto chunked_async(const F& fn, const Range& items, std::size_t chunksize) {
+    using R = detail::stored_result_t<detail::chunk_result_t<F, Item, Star>>;
+    if (chunksize == 0) chunksize = detail::default_chunksize(items, engine_.size());
+    auto chunks = detail::submit_chunks<F, Item, Star>(engine_, fn, items, chunksize);
+    std::vector<std::shared_ptr<detail::TaskState>> parts;
+    for (auto& c : chunks) parts.push_back(std::shared_ptr<detail::TaskState>(&c.state(), [keep = c](auto*) {}));
+    return AsyncResult<std::vector<R>>(std::move(parts), [chunks]() mutable {
+      return detail::concat_chunks(chunks, std::chrono::steady_clock::time_point::max());
+    });
+  }
+  detail::Engine engine_;
+};
+
+}  // namespace mproc

@@ -1,0 +1,108 @@
+#include "mproc/futures.hpp"
+
+#include <fmt/format.h>
+
+#include <thread>
+
+namespace mproc {
+
+WorkerCrashed::WorkerCrashed(std::uint64_t task, pid_t pid, int exitcode)
+    : Error(exitcode < 0 ? fmt::format("task {}: worker {} was killed by signal {} ({})", task, pid, -exitcode,
+                                       ::strsignal(-exitcode))
+                         : fmt::format("task {}: worker {} exited with status {} while running it", task, pid,
+                                       exitcode)),
+      task_(task), pid_(pid), exitcode_(exitcode) {}
+
+TaskTimeout::TaskTimeout(std::uint64_t task, pid_t pid, std::chrono::nanoseconds limit)
+    : Error(fmt::format("task {}: ran past its {:.3f} s deadline; worker {} was killed", task,
+                        std::chrono::duration<double>(limit).count(), pid)),
+      task_(task), pid_(pid), limit_(limit) {}
+
+namespace detail {
+
+std::chrono::steady_clock::time_point deadline_after(Timeout timeout) {
+  if (!timeout) return std::chrono::steady_clock::time_point::max();
+  auto now = std::chrono::steady_clock::now();
+  if (*timeout > std::chrono::steady_clock::time_point::max() - now) return std::chrono::steady_clock::time_point::max();
+  return now + *timeout;
+}
+
+bool TaskState::start_running() {
+  TaskPhase expect = TaskPhase::pending;
+  return phase.compare_exchange_strong(expect, TaskPhase::running);
+}
+
+bool TaskState::cancel() {
+  std::vector<std::function<void()>> cbs;
+  {
+    std::lock_guard lock(mu);
+    TaskPhase expect = TaskPhase::pending;
+    if (!phase.compare_exchange_strong(expect, TaskPhase::cancelled)) return expect == TaskPhase::cancelled;
+    cbs.swap(callbacks);
+  }
+  cv.notify_all();
+  for (auto& cb : cbs) cb();
+  return true;
+}
+
+void TaskState::finish(Bytes r, std::exception_ptr e) {
+  std::vector<std::function<void()>> cbs;
+  {
+    std::lock_guard lock(mu);
+    if (finished()) return;  // cancelled meanwhile, or finished twice
+    result = std::move(r);
+    error = std::move(e);
+    phase.store(TaskPhase::done, std::memory_order_release);
+    cbs.swap(callbacks);
+  }
+  cv.notify_all();
+  for (auto& cb : cbs) cb();
+}
+
+void TaskState::add_callback(std::function<void()> cb) {
+  {
+    std::lock_guard lock(mu);
+    if (!finished()) {
+      callbacks.push_back(std::move(cb));
+      return;
+    }
+  }
+  cb();
+}
+
+bool TaskState::wait_until(std::chrono::steady_clock::time_point deadline) {
+  // A trivial task's result comes back in microseconds: a short spin saves
+  // the sleep and the wake-up.
+  for (int i = 0; i < 2000 && !finished(); ++i) {
+    if (i > 200) std::this_thread::yield();
+  }
+  if (finished()) return true;
+  std::unique_lock lock(mu);
+  if (deadline == std::chrono::steady_clock::time_point::max()) {
+    cv.wait(lock, [&] { return finished(); });
+    return true;
+  }
+  return cv.wait_until(lock, deadline, [&] { return finished(); });
+}
+
+void TaskState::wait() { wait_until(std::chrono::steady_clock::time_point::max()); }
+
+void CompletionQueue::push(std::size_t index) {
+  {
+    std::lock_guard lock(mu_);
+    ready_.push_back(index);
+  }
+  cv_.notify_all();
+}
+
+std::optional<std::size_t> CompletionQueue::pop(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock lock(mu_);
+  if (deadline == std::chrono::steady_clock::time_point::max()) cv_.wait(lock, [&] { return !ready_.empty(); });
+  else if (!cv_.wait_until(lock, deadline, [&] { return !ready_.empty(); })) return std::nullopt;
+  std::size_t i = ready_.front();
+  ready_.erase(ready_.begin());
+  return i;
+}
+
+}  // namespace detail
+}  // namespace mproc

@@ -1,0 +1,55 @@
+// Internal: what the pool engine and its workers say to each other.
+//
+//   engine → worker   TaskMsg{id, call}      (id kStop: finish and exit)
+//   worker → engine   ResultMsg{id, ok, retiring, data}
+//                     id 0: the initializer failed (data = ErrorInfo)
+//                     ok: data = the serialized result; else an ErrorInfo
+//                     retiring: recycled after this task (max tasks / memory)
+// A worker runs its tasks in the order sent, so when it dies the first
+// unanswered task is the one that killed it; the others never started.
+#pragma once
+#include <cstdint>
+#include <limits>
+#include <optional>
+
+#include "mproc/call.hpp"
+#include "mproc/connection.hpp"
+
+namespace mproc::detail {
+
+inline constexpr std::uint64_t kStop = std::numeric_limits<std::uint64_t>::max();
+
+struct TaskMsg {
+  std::uint64_t id = 0;
+  Call call;
+  template <class A>
+  void serialize(A& ar) {
+    ar(id, call);
+  }
+};
+
+struct ResultMsg {
+  std::uint64_t id = 0;
+  bool ok = false;
+  bool retiring = false;
+  Bytes data;
+  template <class A>
+  void serialize(A& ar) {
+    ar(id, ok, retiring, data);
+  }
+};
+
+struct WorkerConfig {
+  std::optional<Call> initializer;
+  unsigned max_tasks = 0;
+  std::uint64_t max_memory = 0;
+  template <class A>
+  void serialize(A& ar) {
+    ar(initializer, max_tasks, max_memory);
+  }
+};
+
+// The worker process's target.
+void worker_main(Connection conn, WorkerConfig config);
+
+}  // namespace mproc::detail

@@ -82,7 +82,10 @@ Connection::Connection(Connection&& o) noexcept
       max_message_size_(o.max_message_size_),
       desync_(std::exchange(o.desync_, false)),
       pending_(std::exchange(o.pending_, std::nullopt)),
-      scratch_(std::move(o.scratch_)) {}
+      scratch_(std::move(o.scratch_)),
+      rbuf_(std::move(o.rbuf_)),
+      rpos_(std::exchange(o.rpos_, 0)),
+      rlen_(std::exchange(o.rlen_, 0)) {}
 
 Connection& Connection::operator=(Connection&& o) noexcept {
   if (this != &o) {
@@ -95,6 +98,9 @@ Connection& Connection::operator=(Connection&& o) noexcept {
     desync_ = std::exchange(o.desync_, false);
     pending_ = std::exchange(o.pending_, std::nullopt);
     scratch_ = std::move(o.scratch_);
+    rbuf_ = std::move(o.rbuf_);
+    rpos_ = std::exchange(o.rpos_, 0);
+    rlen_ = std::exchange(o.rlen_, 0);
   }
   return *this;
 }
@@ -107,6 +113,8 @@ void Connection::close() noexcept {
   pending_.reset();
   desync_ = false;
   Bytes().swap(scratch_);
+  Bytes().swap(rbuf_);
+  rpos_ = rlen_ = 0;
 }
 
 int Connection::fileno() const {
@@ -164,12 +172,40 @@ void Connection::send_bytes(std::span<const std::byte> buf, std::size_t offset,
 
 // ---- receiving -------------------------------------------------------------
 
+std::size_t Connection::read_exact(void* dst, std::size_t n) {
+  constexpr std::size_t kReadAhead = 64 << 10;
+  auto* out = static_cast<std::byte*>(dst);
+  std::size_t got = std::min(n, rlen_ - rpos_);
+  if (got) std::memcpy(out, rbuf_.data() + rpos_, got);
+  rpos_ += got;
+  if (got == n) return n;
+  // Large remainders go straight to their destination.
+  if (n - got >= kReadAhead) return got + sys::read_full(fd_, out + got, n - got);
+  if (rbuf_.size() < kReadAhead) rbuf_.resize(kReadAhead);
+  rpos_ = rlen_ = 0;
+  while (got < n) {
+    ssize_t r = ::read(fd_, rbuf_.data(), rbuf_.size());
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == ECONNRESET) break;
+      sys::throw_errno("read");
+    }
+    if (r == 0) break;
+    const std::size_t take = std::min(n - got, static_cast<std::size_t>(r));
+    std::memcpy(out + got, rbuf_.data(), take);
+    got += take;
+    rpos_ = take;
+    rlen_ = static_cast<std::size_t>(r);
+  }
+  return got;
+}
+
 const Connection::Header& Connection::next_header() {
   if (pending_) return *pending_;
   unsigned char raw[kHeaderSize];
   std::size_t got = 0;
   try {
-    got = sys::read_full(fd_, raw, kHeaderSize);
+    got = read_exact(raw, kHeaderSize);
   } catch (...) {
     desync_ = true;  // an unknown part of a header was consumed
     throw;
@@ -205,7 +241,7 @@ std::uint64_t Connection::begin_frame(const char* op, std::uint32_t expect_tag, 
 void Connection::read_payload(std::byte* dst, std::uint64_t length) {
   std::size_t got = 0;
   try {
-    got = sys::read_full(fd_, dst, static_cast<std::size_t>(length));
+    got = read_exact(dst, static_cast<std::size_t>(length));
   } catch (...) {
     pending_.reset();
     desync_ = true;  // part of the payload may be consumed
@@ -271,7 +307,7 @@ Bytes Connection::recv_bytes(std::error_code& ec) noexcept {
 
 bool Connection::poll(Timeout timeout) const {
   require_open("poll", true);
-  if (pending_ || desync_) return true;
+  if (pending_ || desync_ || rpos_ < rlen_) return true;
   return sys::wait_readable(fd_, timeout);
 }
 

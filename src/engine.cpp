@@ -1,19 +1,26 @@
-// The pool engine: one dispatcher thread per pool owns the workers.
+// The pool engine: workers, the tasks in flight on each, respawn, deadlines,
+// recycling. One mutex guards all of it; three kinds of thread take it.
 //
-//   submit() (any thread)          dispatcher thread                 workers
-//   ─────────────────────          ─────────────────                 ───────
-//   pending.push(task) ──wake──▶   assign: up to kDepth tasks ──TaskMsg──▶ run in order
-//                                  per worker, in flight
-//   Future::get() ◀──finish()───   results ◀─────────────────ResultMsg──  (+ retiring)
-//                                  sentinel readable: the worker died →
-//                                    its first in-flight task fails with
-//                                    WorkerCrashed, the rest go back to
-//                                    pending; a new worker takes its slot
-//                                  timerfd: a head task past its deadline →
-//                                    SIGKILL the worker, TaskTimeout
+//   submit() (any thread)                                      workers
+//   ─────────────────────                                      ───────
+//   pending.push(task); assign ──────────────TaskMsg─────────▶ run tasks in
+//     (up to kDepth tasks in flight per worker)                 order, spin
+//                                                                100 µs for
+//   Future::get() spinning: poll() ◀────────ResultMsg──────────  the next
+//     reads ready results itself, finishes futures, assigns
+//     pending tasks (no thread hop: the round trip is two
+//     processes, each on its own CPU)
 //
-// Everything about workers happens on the dispatcher thread, so no lock
-// guards them; `mu` guards only the pending queue and the flags.
+//   dispatcher thread (sleeps in epoll):
+//     results ready, nobody spinning → the same as poll()
+//     sentinel readable: the worker died → its first in-flight task fails
+//       with WorkerCrashed, the rest go back to pending, a new worker takes
+//       its slot (started from this long-lived thread: a child's death
+//       signal follows the thread that forked it)
+//     timerfd: a head task past its deadline → SIGKILL, TaskTimeout
+//
+// Futures are finished after the mutex is released, so a done-callback may
+// submit again.
 #include "mproc/engine.hpp"
 
 #include <fmt/format.h>
@@ -24,6 +31,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <algorithm>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -35,16 +43,15 @@ namespace mproc::detail {
 
 namespace {
 using Clock = std::chrono::steady_clock;
-constexpr std::size_t kDepth = 2;  // tasks in flight per worker
-// A second task is queued behind a running one only when both directions
-// then fit in the socket buffers: a large task sent while the worker is
-// writing a large result would block both sides for good.
-constexpr std::size_t kSmallPayload = 32 << 10;
-// How long the dispatcher polls for results before sleeping while tasks are
-// out: a trivial task's result comes within microseconds, and a wake-up
-// across CPUs costs tens of them.
-constexpr auto kSpin = std::chrono::microseconds(100);
-constexpr std::uint64_t kWake = ~std::uint64_t{0};
+// Tasks in flight per worker: two, so a worker never waits for its next
+// task; up to kMaxDepth when many are pending (a map of tiny tasks), so
+// they travel in batches.
+constexpr std::size_t kDepth = 2, kMaxDepth = 32;
+// More is queued behind a running task only while the queued payloads fit
+// in the socket buffer: a large task sent while the worker is writing a
+// large result would block both sides for good.
+constexpr std::size_t kQueuedBytes = 32 << 10;
+constexpr std::uint64_t kWake = ~std::uint64_t{0}, kTimer = kWake - 1, kResults = kWake - 2;
 
 struct Pending {
   std::shared_ptr<TaskState> state;
@@ -62,51 +69,50 @@ struct Worker {
   Connection conn;
   pid_t pid = 0;
   std::deque<InFlight> flight;
+  std::size_t queued_bytes = 0;  // payloads sent behind the running task
   bool retiring = false;  // told us it exits after its last result
   bool timed_out = false;
 };
+
+// Futures to finish once the mutex is released.
+struct Completion {
+  std::shared_ptr<TaskState> state;
+  Bytes result;
+  std::exception_ptr error;
+};
+using Completions = std::vector<Completion>;
+
+void complete(Completions& done) {
+  for (auto& c : done) c.state->finish(std::move(c.result), std::move(c.error));
+  done.clear();
+}
 }  // namespace
 
-struct Engine::Impl {
+struct Engine::Impl : Progress {
   EngineOptions opt;
   WorkerConfig config;
 
-  std::mutex mu;
+  std::mutex mu;  // everything below, but the atomics and the fds
   std::deque<Pending> pending;
-  std::atomic<std::size_t> pending_count{0};
   bool closing = false, cancel_pending = false, terminating = false;
   std::exception_ptr broken;
-  std::atomic<bool> sleeping{false};
-  std::atomic<bool> stopped{false};
+  std::vector<std::unique_ptr<Worker>> workers;
+  unsigned worker_counter = 0;
+  std::vector<pid_t> pids;
 
-  sys::UniqueFd wake, epoll, timer;
-  std::vector<std::unique_ptr<Worker>> workers;  // dispatcher thread only
+  sys::UniqueFd wake, epoll, results, timer;
   std::atomic<std::size_t> respawn_count{0};
   std::atomic<std::uint64_t> next_id{1};
-  unsigned worker_counter = 0;
-  mutable std::mutex pids_mu;
-  std::vector<pid_t> pids;
   std::thread thread;
   std::mutex join_mu;
 
-  void notify() {
-    if (sleeping.load()) {
-      std::uint64_t one = 1;
-      (void)::write(wake.get(), &one, sizeof one);
-    }
+  void wake_dispatcher() {
+    std::uint64_t one = 1;
+    (void)::write(wake.get(), &one, sizeof one);
   }
 
-  // ---- workers ---------------------------------------------------------
-  void watch(std::size_t slot, Worker& w) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = slot * 2;
-    sys::check(::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, w.conn.fileno(), &ev), "epoll_ctl(conn)");
-    ev.data.u64 = slot * 2 + 1;
-    sys::check(::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, w.proc.sentinel(), &ev), "epoll_ctl(sentinel)");
-  }
-
-  std::unique_ptr<Worker> start_worker() {
+  // ---- workers (under mu) ------------------------------------------------
+  std::unique_ptr<Worker> start_worker(std::size_t slot) {
     auto w = std::make_unique<Worker>();
     auto [mine, theirs] = Pipe(true);
     ProcessOptions po;
@@ -117,158 +123,49 @@ struct Engine::Impl {
     w->proc.start();
     w->conn = std::move(mine);
     w->pid = w->proc.pid();
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = slot;
+    sys::check(::epoll_ctl(results.get(), EPOLL_CTL_ADD, w->conn.fileno(), &ev), "epoll_ctl(conn)");
+    sys::check(::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, w->proc.sentinel(), &ev), "epoll_ctl(sentinel)");
     return w;
   }
 
   void publish_pids() {
-    std::lock_guard lock(pids_mu);
     pids.clear();
     for (auto& w : workers)
       if (w) pids.push_back(w->pid);
   }
 
-  void unwatch(Worker& w) {
-    ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, w.conn.fileno(), nullptr);
-    ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, w.proc.sentinel(), nullptr);
-  }
+  bool stopping() const { return terminating || broken || (closing && pending.empty()); }
 
   void replace(std::size_t slot) {
-    unwatch(*workers[slot]);
+    Worker& w = *workers[slot];
+    ::epoll_ctl(results.get(), EPOLL_CTL_DEL, w.conn.fileno(), nullptr);
+    ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, w.proc.sentinel(), nullptr);
     workers[slot].reset();
-    bool stop;
-    {
-      std::lock_guard lock(mu);
-      stop = terminating || broken || (closing && pending.empty());
-    }
-    if (!stop) {
-      workers[slot] = start_worker();
-      watch(slot, *workers[slot]);
+    if (!stopping()) {
+      workers[slot] = start_worker(slot);
       ++respawn_count;
     }
     publish_pids();
   }
 
-  // ---- tasks -------------------------------------------------------------
-  void fail_all(std::exception_ptr error, bool running_too) {
-    std::deque<Pending> drop;
-    {
-      std::lock_guard lock(mu);
-      drop.swap(pending);
-      pending_count = 0;
-    }
-    for (auto& p : drop) p.state->finish({}, error);
-    if (!running_too) return;
+  // ---- tasks (under mu) ----------------------------------------------------
+  void fail_all(const std::exception_ptr& error, Completions& done) {
+    for (auto& p : pending) done.push_back({std::move(p.state), {}, error});
+    pending.clear();
     for (auto& w : workers)
-      if (w)
-        for (auto& f : w->flight) f.task.state->finish({}, error);
+      if (w) {
+        for (auto& f : w->flight) done.push_back({std::move(f.task.state), {}, error});
+        w->flight.clear();
+      }
   }
 
   void arm_head(Worker& w) {
     if (w.flight.empty()) return;
     auto& head = w.flight.front();
-    if (head.deadline == Clock::time_point::max() && head.task.limit)
-      head.deadline = Clock::now() + *head.task.limit;
-  }
-
-  void assign() {
-    for (auto& w : workers) {
-      if (!w || w->retiring || w->timed_out) continue;
-      while (w->flight.size() < kDepth) {
-        Pending p;
-        {
-          std::lock_guard lock(mu);
-          if (pending.empty()) return;
-          if (!w->flight.empty() && pending.front().call.payload.size() > kSmallPayload) break;
-          p = std::move(pending.front());
-          pending.pop_front();
-          --pending_count;
-        }
-        if (!p.state->start_running()) continue;  // cancelled while pending
-        try {
-          w->conn.send(TaskMsg{p.state->id, std::move(p.call)});
-        } catch (const Error&) {
-          // The worker is dying; its sentinel will tell. Requeue the task.
-          p.state->phase = TaskPhase::pending;
-          std::lock_guard lock(mu);
-          pending.push_front(std::move(p));
-          ++pending_count;
-          break;
-        }
-        p.call = {};
-        w->flight.push_back(InFlight{std::move(p)});
-        arm_head(*w);
-      }
-    }
-  }
-
-  void on_result(Worker& w, ResultMsg&& msg) {
-    if (msg.id == 0) {  // the initializer failed: no point respawning
-      ErrorInfo info = from_bytes<ErrorInfo>(msg.data);
-      auto error = std::make_exception_ptr(BrokenPool(fmt::format(
-          "pool initializer failed in worker {}: {}: {}", w.pid, info.type_name, info.message)));
-      {
-        std::lock_guard lock(mu);
-        broken = error;
-      }
-      fail_all(error, true);
-      return;
-    }
-    if (msg.retiring) w.retiring = true;
-    if (w.flight.empty() || w.flight.front().task.state->id != msg.id) return;  // already failed (timeout)
-    auto task = std::move(w.flight.front().task.state);
-    w.flight.pop_front();
-    arm_head(w);
-    if (msg.ok) {
-      task->finish(std::move(msg.data), nullptr);
-    } else {
-      ErrorInfo info = from_bytes<ErrorInfo>(msg.data);
-      task->finish({}, std::make_exception_ptr(to_remote_error(info)));
-    }
-  }
-
-  void drain(Worker& w) {
-    try {
-      while (w.conn.poll()) on_result(w, w.conn.recv<ResultMsg>());
-    } catch (const ConnectionClosed&) {
-      // the worker is gone; its sentinel says how
-    }
-  }
-
-  void on_death(std::size_t slot) {
-    Worker& w = *workers[slot];
-    drain(w);
-    w.proc.join();
-    const int code = w.proc.exitcode().value_or(-1);
-    if (!w.flight.empty()) {
-      // A recycled worker finished what it answered; the rest never started.
-      auto head = std::move(w.flight.front());
-      w.flight.pop_front();
-      if (w.retiring) w.flight.push_front(std::move(head));
-      else if (!w.timed_out)
-        head.task.state->finish({}, std::make_exception_ptr(WorkerCrashed(head.task.state->id, w.pid, code)));
-      // The rest never started: they go back to the front of the queue.
-      std::lock_guard lock(mu);
-      for (auto it = w.flight.rbegin(); it != w.flight.rend(); ++it) {
-        it->task.state->phase = TaskPhase::pending;
-        pending.push_front(std::move(it->task));
-        ++pending_count;
-      }
-      w.flight.clear();
-    }
-    replace(slot);
-  }
-
-  void on_timer() {
-    std::uint64_t ticks;
-    (void)::read(timer.get(), &ticks, sizeof ticks);
-    const auto now = Clock::now();
-    for (auto& w : workers) {
-      if (!w || w->timed_out || w->flight.empty() || w->flight.front().deadline > now) continue;
-      auto& head = w->flight.front();
-      w->timed_out = true;
-      w->proc.kill();
-      head.task.state->finish({}, std::make_exception_ptr(TaskTimeout(head.task.state->id, w->pid, *head.task.limit)));
-    }
+    if (head.deadline == Clock::time_point::max() && head.task.limit) head.deadline = Clock::now() + *head.task.limit;
   }
 
   void arm_timer() {
@@ -284,96 +181,214 @@ struct Engine::Impl {
     ::timerfd_settime(timer.get(), 0, &its, nullptr);
   }
 
+  void assign() {
+    bool armed = false;
+    std::size_t live = 0;
+    for (auto& w : workers) live += w && !w->retiring && !w->timed_out;
+    const std::size_t depth = std::clamp(pending.size() / std::max<std::size_t>(1, live), kDepth, kMaxDepth);
+    TaskBatch batch;
+    for (auto& w : workers) {
+      if (pending.empty()) break;
+      if (!w || w->retiring || w->timed_out) continue;
+      std::size_t first = w->flight.size();
+      while (w->flight.size() < depth && !pending.empty()) {
+        const std::size_t size = pending.front().call.payload.size();
+        if (!w->flight.empty() && w->queued_bytes + size > kQueuedBytes) break;
+        Pending p = std::move(pending.front());
+        pending.pop_front();
+        if (!p.state->start_running()) continue;  // cancelled while pending
+        if (!w->flight.empty()) w->queued_bytes += size;
+        armed = armed || p.limit.has_value();
+        w->flight.push_back(InFlight{std::move(p)});
+      }
+      if (first == w->flight.size()) continue;
+      batch.refs.clear();
+      for (std::size_t i = first; i < w->flight.size(); ++i)
+        batch.refs.emplace_back(w->flight[i].task.state->id, &w->flight[i].task.call);
+      try {
+        w->conn.send(batch);
+      } catch (const Error&) {
+        // The worker is dying; its sentinel will tell, and on_death puts
+        // what never started back in the queue.
+      }
+      arm_head(*w);
+    }
+    if (armed) arm_timer();
+  }
+
+  void on_result(Worker& w, ResultMsg&& msg, Completions& done) {
+    if (msg.id == 0) {  // the initializer failed: no point respawning
+      ErrorInfo info = from_bytes<ErrorInfo>(msg.data);
+      broken = std::make_exception_ptr(BrokenPool(
+          fmt::format("pool initializer failed in worker {}: {}: {}", w.pid, info.type_name, info.message)));
+      fail_all(broken, done);
+      return;
+    }
+    if (msg.retiring) w.retiring = true;
+    if (w.flight.empty() || w.flight.front().task.state->id != msg.id) return;  // already failed (deadline)
+    auto task = std::move(w.flight.front().task.state);
+    w.flight.pop_front();
+    // The next task now runs: it no longer waits in the socket.
+    if (!w.flight.empty()) w.queued_bytes -= std::min(w.queued_bytes, w.flight.front().task.call.payload.size());
+    arm_head(w);
+    if (msg.ok) done.push_back({std::move(task), std::move(msg.data), nullptr});
+    else done.push_back({std::move(task), {}, std::make_exception_ptr(to_remote_error(from_bytes<ErrorInfo>(msg.data)))});
+  }
+
+  void drain(Worker& w, Completions& done) {
+    try {
+      while (w.conn.poll()) on_result(w, w.conn.recv<ResultMsg>(), done);
+    } catch (const ConnectionClosed&) {
+      // the worker is gone; its sentinel says how
+    }
+  }
+
+  // Reads every result that is ready (never blocks), then hands out work.
+  void collect(Completions& done) {
+    epoll_event events[64];
+    int n = ::epoll_wait(results.get(), events, 64, 0);
+    for (int i = 0; i < n; ++i) {
+      const std::size_t slot = events[i].data.u64;
+      if (slot < workers.size() && workers[slot]) drain(*workers[slot], done);
+    }
+    assign();
+  }
+
+  void on_death(std::size_t slot, Completions& done) {
+    Worker& w = *workers[slot];
+    drain(w, done);
+    w.proc.join();
+    const int code = w.proc.exitcode().value_or(-1);
+    if (!w.flight.empty() && !w.retiring) {
+      auto head = std::move(w.flight.front());
+      w.flight.pop_front();
+      if (!w.timed_out) {
+        auto error = std::make_exception_ptr(WorkerCrashed(head.task.state->id, w.pid, code));
+        done.push_back({std::move(head.task.state), {}, error});
+      }
+    }
+    // What is left never started: back to the front of the queue, in order.
+    for (auto it = w.flight.rbegin(); it != w.flight.rend(); ++it) {
+      it->task.state->phase = TaskPhase::pending;
+      pending.push_front(std::move(it->task));
+    }
+    w.flight.clear();
+    replace(slot);
+  }
+
+  void on_timer(Completions& done) {
+    std::uint64_t ticks;
+    (void)::read(timer.get(), &ticks, sizeof ticks);
+    const auto now = Clock::now();
+    for (auto& w : workers) {
+      if (!w || w->timed_out || w->flight.empty() || w->flight.front().deadline > now) continue;
+      auto& head = w->flight.front();
+      w->timed_out = true;
+      w->proc.kill();
+      done.push_back({head.task.state, {},
+                      std::make_exception_ptr(TaskTimeout(head.task.state->id, w->pid, *head.task.limit))});
+    }
+    arm_timer();
+  }
+
   bool busy() const {
     for (auto& w : workers)
       if (w && !w->flight.empty()) return true;
     return false;
   }
 
-  bool finished() {
-    std::lock_guard lock(mu);
+  // Under mu. Tasks cancelled by shutdown(cancel_futures) are moved to
+  // `cancelled`, to be cancelled once mu is released (callbacks may submit).
+  bool finished(std::vector<std::shared_ptr<TaskState>>& cancelled) {
     if (terminating || broken) return true;
     if (!closing) return false;
     if (cancel_pending) {
-      for (auto& p : pending) p.state->cancel();
+      for (auto& p : pending) cancelled.push_back(std::move(p.state));
       pending.clear();
-      pending_count = 0;
     }
     return pending.empty() && !busy();
   }
 
-  // ---- the loop ------------------------------------------------------------
+  // ---- Progress: a spinning waiter reads results itself ------------------
+  void poll() override {
+    std::unique_lock lock(mu, std::try_to_lock);
+    if (!lock) return;
+    Completions done;
+    collect(done);
+    lock.unlock();
+    complete(done);
+  }
+
+  // ---- the dispatcher thread ---------------------------------------------
   void run() {
+    Completions done;
     try {
-      for (std::size_t i = 0; i < workers.size(); ++i) {
-        workers[i] = start_worker();
-        watch(i, *workers[i]);
-      }
-      publish_pids();
-      loop();
-    } catch (...) {
-      auto error = std::make_exception_ptr(
-          BrokenPool(std::string("pool dispatcher failed: ") + capture_error(std::current_exception()).message));
       {
         std::lock_guard lock(mu);
-        broken = error;
+        for (std::size_t i = 0; i < workers.size(); ++i) workers[i] = start_worker(i);
+        publish_pids();
+        assign();
       }
-      fail_all(error, true);
+      loop();
+    } catch (...) {
+      std::lock_guard lock(mu);
+      broken = std::make_exception_ptr(
+          BrokenPool(std::string("pool dispatcher failed: ") + capture_error(std::current_exception()).message));
+      fail_all(broken, done);
     }
+    complete(done);
     stop_workers();
-    stopped = true;
   }
 
   void loop() {
     epoll_event events[64];
     for (;;) {
-      assign();
-      if (finished()) return;
-      arm_timer();
-      // Spin briefly while results are due: a trivial task comes back in
-      // microseconds. Then sleep until something happens.
-      int n = 0;
-      if (busy()) {
-        const auto until = Clock::now() + kSpin;
-        do {
-          n = ::epoll_wait(epoll.get(), events, 64, 0);
-        } while (n == 0 && pending_count.load() == 0 && Clock::now() < until);
+      Completions done;
+      std::vector<std::shared_ptr<TaskState>> cancelled;
+      bool stop;
+      {
+        std::lock_guard lock(mu);
+        collect(done);
+        stop = finished(cancelled);
       }
-      if (n == 0 && pending_count.load() == 0) {
-        sleeping = true;
-        if (pending_count.load() == 0) n = ::epoll_wait(epoll.get(), events, 64, -1);
-        sleeping = false;
-      }
+      complete(done);
+      for (auto& c : cancelled) c->cancel();
+      if (stop) return;
+      int n = ::epoll_wait(epoll.get(), events, 64, -1);
       if (n < 0 && errno != EINTR) sys::throw_errno("epoll_wait");
-      for (int i = 0; i < n; ++i) {
-        const std::uint64_t key = events[i].data.u64;
-        if (key == kWake) {
-          std::uint64_t v;
-          (void)::read(wake.get(), &v, sizeof v);
-        } else if (key == kWake - 1) {
-          on_timer();
-        } else {
-          const std::size_t slot = key / 2;
-          if (slot >= workers.size() || !workers[slot]) continue;
-          if (key % 2 == 0) drain(*workers[slot]);
-          else on_death(slot);
+      {
+        std::lock_guard lock(mu);
+        for (int i = 0; i < n; ++i) {
+          const std::uint64_t key = events[i].data.u64;
+          if (key == kWake) {
+            std::uint64_t v;
+            (void)::read(wake.get(), &v, sizeof v);
+          } else if (key == kTimer) {
+            on_timer(done);
+          } else if (key != kResults && key < workers.size() && workers[key]) {
+            on_death(key, done);
+          }
         }
       }
+      complete(done);
     }
   }
 
   void stop_workers() {
-    std::exception_ptr error;
-    {
-      std::lock_guard lock(mu);
-      error = broken ? broken : std::make_exception_ptr(BrokenPool("the pool was terminated"));
-    }
-    fail_all(error, true);  // nothing should remain after a clean shutdown
-    for (auto& w : workers) {
+    std::unique_lock lock(mu);
+    Completions done;
+    fail_all(broken ? broken : std::make_exception_ptr(BrokenPool("the pool was terminated")), done);
+    auto list = std::move(workers);
+    workers.clear();
+    publish_pids();
+    const bool kill_now = terminating;
+    lock.unlock();
+    complete(done);
+    for (auto& w : list) {
       if (!w) continue;
-      if (!terminating) {
+      if (!kill_now) {
         try {
-          w->conn.send(TaskMsg{kStop, {}});
+          w->conn.send(TaskBatch{{TaskMsg{kStop, {}}}});
         } catch (const Error&) {
         }
         if (!w->proc.join(std::chrono::seconds(2))) w->proc.kill();
@@ -381,13 +396,11 @@ struct Engine::Impl {
         w->proc.kill();
       }
       w->proc.join();
-      w.reset();
     }
-    publish_pids();
   }
 };
 
-Engine::Engine(EngineOptions options) : impl_(std::make_unique<Impl>()) {
+Engine::Engine(EngineOptions options) : impl_(std::make_shared<Impl>()) {
   Impl& m = *impl_;
   m.opt = std::move(options);
   if (m.opt.workers == 0) m.opt.workers = cpu_count();
@@ -397,16 +410,14 @@ Engine::Engine(EngineOptions options) : impl_(std::make_unique<Impl>()) {
   m.workers.resize(m.opt.workers);
   m.wake = sys::UniqueFd(sys::check(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd"));
   m.epoll = sys::UniqueFd(sys::check(::epoll_create1(EPOLL_CLOEXEC), "epoll_create1"));
+  m.results = sys::UniqueFd(sys::check(::epoll_create1(EPOLL_CLOEXEC), "epoll_create1"));
   m.timer = sys::UniqueFd(sys::check(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK), "timerfd_create"));
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = kWake;
-  sys::check(::epoll_ctl(m.epoll.get(), EPOLL_CTL_ADD, m.wake.get(), &ev), "epoll_ctl(wake)");
-  ev.data.u64 = kWake - 1;
-  sys::check(::epoll_ctl(m.epoll.get(), EPOLL_CTL_ADD, m.timer.get(), &ev), "epoll_ctl(timer)");
-  // Workers are started (and restarted) by the dispatcher thread: a child's
-  // death signal follows the thread that forked it, and this one lives as
-  // long as the pool.
+  for (auto [fd, key] : {std::pair{m.wake.get(), kWake}, {m.timer.get(), kTimer}, {m.results.get(), kResults}}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = key;
+    sys::check(::epoll_ctl(m.epoll.get(), EPOLL_CTL_ADD, fd, &ev), "epoll_ctl");
+  }
   m.thread = std::thread([&m] { m.run(); });
 }
 
@@ -421,14 +432,12 @@ std::shared_ptr<TaskState> Engine::submit(Call call, std::optional<std::chrono::
   Impl& m = *impl_;
   auto state = std::make_shared<TaskState>();
   state->id = m.next_id++;
-  {
-    std::lock_guard lock(m.mu);
-    if (m.broken) std::rethrow_exception(m.broken);
-    if (m.closing || m.terminating) throw Error("mproc: cannot submit a task after the pool was shut down");
-    m.pending.push_back(Pending{state, std::move(call), timeout ? timeout : m.opt.task_timeout});
-    ++m.pending_count;
-  }
-  m.notify();
+  state->driver = impl_;
+  std::lock_guard lock(m.mu);
+  if (m.broken) std::rethrow_exception(m.broken);
+  if (m.closing || m.terminating) throw Error("mproc: cannot submit a task after the pool was shut down");
+  m.pending.push_back(Pending{state, std::move(call), timeout ? timeout : m.opt.task_timeout});
+  m.assign();  // straight to an idle worker: no thread hop
   return state;
 }
 
@@ -439,8 +448,7 @@ void Engine::shutdown(bool wait, bool cancel_pending) {
     m.closing = true;
     m.cancel_pending = m.cancel_pending || cancel_pending;
   }
-  std::uint64_t one = 1;
-  (void)::write(m.wake.get(), &one, sizeof one);
+  m.wake_dispatcher();
   if (wait) join();
 }
 
@@ -450,8 +458,7 @@ void Engine::terminate() {
     std::lock_guard lock(m.mu);
     m.closing = m.terminating = true;
   }
-  std::uint64_t one = 1;
-  (void)::write(m.wake.get(), &one, sizeof one);
+  m.wake_dispatcher();
   join();
 }
 
@@ -464,7 +471,7 @@ void Engine::join() {
 unsigned Engine::size() const noexcept { return impl_->opt.workers; }
 
 std::vector<pid_t> Engine::worker_pids() const {
-  std::lock_guard lock(impl_->pids_mu);
+  std::lock_guard lock(impl_->mu);
   return impl_->pids;
 }
 

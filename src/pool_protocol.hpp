@@ -1,6 +1,6 @@
 // Internal: what the pool engine and its workers say to each other.
 //
-//   engine → worker   TaskMsg{id, call}      (id kStop: finish and exit)
+//   engine → worker   TaskBatch{TaskMsg{id, call}...}   (id kStop: exit)
 //   worker → engine   ResultMsg{id, ok, retiring, data}
 //                     id 0: the initializer failed (data = ErrorInfo)
 //                     ok: data = the serialized result; else an ErrorInfo
@@ -25,6 +25,27 @@ struct TaskMsg {
   template <class A>
   void serialize(A& ar) {
     ar(id, call);
+  }
+};
+
+// Several tasks in one write: tiny tasks cost one syscall per batch. The
+// engine sends from `refs` (its calls stay in its in-flight table, to be
+// sent again if the worker dies before starting them); workers load `tasks`.
+struct TaskBatch {
+  std::vector<TaskMsg> tasks;
+  std::vector<std::pair<std::uint64_t, const Call*>> refs;
+  template <class A>
+  void save(A& ar) const {
+    if (refs.empty()) {
+      ar(tasks);
+      return;
+    }
+    ar(cereal::make_size_tag(static_cast<cereal::size_type>(refs.size())));
+    for (const auto& [id, call] : refs) ar(id, *call);
+  }
+  template <class A>
+  void load(A& ar) {
+    ar(tasks);
   }
 };
 

@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <deque>
 #include <fstream>
 
 #include "pool_protocol.hpp"
@@ -41,14 +42,19 @@ void worker_main(Connection conn, WorkerConfig config) {
     }
   }
   unsigned done = 0;
+  std::deque<TaskMsg> queue;
   for (;;) {
-    TaskMsg task;
-    try {
-      wait_for_task(conn);
-      task = conn.recv<TaskMsg>();
-    } catch (const ConnectionClosed&) {
-      return;  // the pool is gone
+    if (queue.empty()) {
+      try {
+        wait_for_task(conn);
+        for (auto& t : conn.recv<TaskBatch>().tasks) queue.push_back(std::move(t));
+      } catch (const ConnectionClosed&) {
+        return;  // the pool is gone
+      }
+      if (queue.empty()) continue;
     }
+    TaskMsg task = std::move(queue.front());
+    queue.pop_front();
     if (task.id == kStop) return;
     ResultMsg result{task.id, true, false, {}};
     try {

@@ -103,14 +103,19 @@ class Connection {
   void set_max_message_size(std::uint64_t n) noexcept { max_message_size_ = n; }
   std::uint64_t max_message_size() const noexcept { return max_message_size_; }
   // True when a header has been read whose payload is still waiting.
-  bool has_pending() const noexcept { return pending_.has_value(); }
+  // True when a message (or part of one) was already read from the socket:
+  // a header whose payload waits, or bytes in the read buffer.
+  bool has_pending() const noexcept { return pending_.has_value() || rpos_ < rlen_; }
 
   static constexpr std::size_t kHeaderSize = 16;
 
   // A Connection given (moved) to a Process target reaches the child under
   // every start method: inherited under fork, passed as a file descriptor
   // (SCM_RIGHTS) under spawn and forkserver. Only as a target argument.
-  void save(OutputArchive& ar) const { ar(ar.attach_fd(fd_, "mproc::Connection"), readable_, writable_); }
+  void save(OutputArchive& ar) const {
+    if (has_pending()) throw std::logic_error("mproc::Connection: cannot hand over a connection holding unread data");
+    ar(ar.attach_fd(fd_, "mproc::Connection"), readable_, writable_);
+  }
   void load(InputArchive& ar);
 
  private:
@@ -143,6 +148,11 @@ class Connection {
   bool desync_ = false;  // a bad frame was read: the stream has lost its framing
   std::optional<Header> pending_;
   Bytes scratch_;
+  // Read-ahead: one read() takes a header and a small payload together, and
+  // several small messages at once. poll()/wait() count what it holds.
+  Bytes rbuf_;
+  std::size_t rpos_ = 0, rlen_ = 0;
+  std::size_t read_exact(void* dst, std::size_t n);
 };
 
 // Python's Pipe(duplex): duplex gives two read-write ends; otherwise

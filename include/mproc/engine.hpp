@@ -49,7 +49,7 @@ class Engine {
 
  private:
   struct Impl;
-  std::unique_ptr<Impl> impl_;
+  std::shared_ptr<Impl> impl_;  // futures hold it weakly, to drive progress
 };
 
 }  // namespace mproc::detail

@@ -70,6 +70,13 @@ namespace detail {
 
 enum class TaskPhase : std::uint8_t { pending, running, done, cancelled };
 
+// Something a waiting thread can drive while it spins (the pool engine reads
+// results itself instead of waiting for its dispatcher to wake up).
+struct Progress {
+  virtual ~Progress() = default;
+  virtual void poll() = 0;
+};
+
 // Shared by a Future and the engine.
 struct TaskState {
   std::uint64_t id = 0;
@@ -79,6 +86,7 @@ struct TaskState {
   Bytes result;              // the serialized value, when done without error
   std::exception_ptr error;  // RemoteError, WorkerCrashed, TaskTimeout, BrokenPool...
   std::vector<std::function<void()>> callbacks;
+  std::weak_ptr<Progress> driver;
 
   bool start_running();  // pending → running; false when cancelled
   bool cancel();         // pending → cancelled

@@ -24,8 +24,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
+# Derived floor: twice BM_BareFork (a pool of two workers forks twice).
+TWO_FORKS = "2x:BM_BareFork"
 # Rows of the table: (label, CPython workload, mproc benchmark, floor benchmark, floor label, kind)
-# kind "time": lower is better, shown in us/ms; "bw": bytes/s, higher is better.
+# kind "time": lower is better, shown in us/ms; "bw": bytes/s, higher is better;
+# "rate": items/s (Google Benchmark's SetItemsProcessed), higher is better.
 ROWS = [
     ("Process start+join, fork", "process_start_join_fork", "BM_ProcessStartJoin/fork", "BM_BareFork",
      "bare fork+_exit+waitpid", "time"),
@@ -43,12 +46,25 @@ ROWS = [
      "1cpu:BM_RawPipePingPong", "raw pipe 1-byte ping-pong, 1 CPU", "time"),
     ("Pipe round trip, int (two Pipe(false)), 1 CPU", "1cpu:pipe_pingpong_small_simplex",
      "1cpu:BM_PipeRoundTrip/simplex", "1cpu:BM_RawPipePingPong", "raw pipe 1-byte ping-pong, 1 CPU", "time"),
+    # Issue 3: Pool and ProcessPoolExecutor (bench/bench_pool.cpp), trivial int identity tasks.
+    ("Executor submit→result round trip, 1 worker", "executor_submit_roundtrip", "BM_ExecutorRoundTrip",
+     "BM_RawPipePingPong", "raw pipe 1-byte ping-pong", "time"),
+    ("Executor throughput, trivial submits, 2 workers", "executor_submit_throughput",
+     "BM_ExecutorThroughput/10000", None, None, "rate"),
+    ("Pool.map trivial, chunksize 1, 2 workers", "pool_map_trivial_chunksize1", "BM_PoolMap/chunksize1",
+     None, None, "rate"),
+    ("Pool.map trivial, default chunks, 2 workers", "pool_map_trivial_default_chunks",
+     "BM_PoolMap/default_chunks", None, None, "rate"),
+    ("Pool(2) start+shutdown, fork", "pool_start_shutdown_2_fork", "BM_PoolStartShutdown/fork",
+     TWO_FORKS, "2 × bare fork+_exit+waitpid", "time"),
+    ("Pool(2) start+shutdown, forkserver", "pool_start_shutdown_2_forkserver", "BM_PoolStartShutdown/forkserver",
+     TWO_FORKS, "2 × bare fork+_exit+waitpid", "time"),
 ]
 # Round trips are run a second time with both sides pinned to one CPU: on this
 # VM a cross-CPU wakeup costs ~35 µs and the scheduler flips between placing
 # the two processes on one CPU or two, so unpinned figures are bimodal.
 ONE_CPU = "1cpu:"
-ONE_CPU_FILTER = "PingPong|RoundTrip"
+ONE_CPU_FILTER = "PingPong|PipeRoundTrip"
 ONE_CPU_PY = ["pipe_pingpong_small", "pipe_pingpong_small_simplex"]
 FLOORS = [
     ("BM_BareFork", "fork + _exit + waitpid", "time"),
@@ -58,7 +74,8 @@ FLOORS = [
     ("1cpu:BM_RawPipePingPong", "1-byte ping-pong over two pipes, both on 1 CPU", "time"),
     ("1cpu:BM_RawSocketPingPong", "1-byte ping-pong over a socketpair, both on 1 CPU", "time"),
 ]
-PY_UNIT_TO_SECONDS = {"ms/process": 1e-3, "us/roundtrip": 1e-6}
+PY_UNIT_TO_SECONDS = {"ms/process": 1e-3, "us/roundtrip": 1e-6, "us/task": 1e-6, "ms/pool": 1e-3}
+PY_RATE_UNITS = {"tasks/s"}
 GB_UNIT_TO_S = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
@@ -100,8 +117,13 @@ def run_mproc(exe, min_time, bench_filter, timeout, cpus=None, prefix=""):
             continue
         if "bytes_per_second" in b:
             out[name] = ("bw", float(b["bytes_per_second"]))
+        elif "items_per_second" in b:
+            out[name] = ("rate", float(b["items_per_second"]))
         else:
             out[name] = ("time", float(b["real_time"]) * GB_UNIT_TO_S[b.get("time_unit", "ns")])
+    fork = out.get(prefix + "BM_BareFork")
+    if fork and fork[0] == "time":
+        out[prefix + TWO_FORKS] = ("time", 2 * fork[1])
     return out, data.get("context", {}), dt
 
 
@@ -119,6 +141,8 @@ def run_python(py, scale, workloads, timeout, cpus=None, prefix=""):
         name, value, unit = prefix + parts[0], float(parts[1]), parts[2]
         if unit == "GB/s":
             out[name] = ("bw", value * 1e9)
+        elif unit in PY_RATE_UNITS:
+            out[name] = ("rate", value)
         else:
             out[name] = ("time", value * PY_UNIT_TO_SECONDS[unit])
     return out, header, dt
@@ -156,7 +180,15 @@ def fmt_val(v, kind):
         return "—"
     if isinstance(v, str):
         return f"error: {v}"
+    if kind == "rate":
+        return fmt_rate(v)
     return fmt_time(v) if kind == "time" else f"{v / 1e9:.2f} GB/s"
+
+
+def fmt_rate(v):
+    if v >= 1e6:
+        return f"{v / 1e6:.2f}M/s"
+    return f"{v / 1e3:.1f}k/s" if v >= 1e3 else f"{v:.0f}/s"
 
 
 def speedup(py, mp_, kind):
@@ -293,11 +325,32 @@ def main():
                r["slowdown"] is not None and r["slowdown"] <= 1.5)
     target_table = "\n".join(["| target (issue 2) | measured | status |", "|---|---|---|", *targets])
 
+    # Issue 3: ratios to CPython (or to the floor) that the pool must reach.
+    targets = []
+    for lbl, text, field, need in (
+            ("Executor submit→result round trip, 1 worker",
+             "Executor submit→result round trip ≥ 10× faster than CPython", "speedup", 10.0),
+            ("Pool.map trivial, chunksize 1, 2 workers", "Pool.map chunksize 1 ≥ 10× CPython's items/s",
+             "speedup", 10.0),
+            ("Pool.map trivial, default chunks, 2 workers", "Pool.map default chunks ≥ 3× CPython's items/s",
+             "speedup", 3.0),
+            ("Executor throughput, trivial submits, 2 workers",
+             "Executor throughput (2 workers) ≥ 10× CPython's tasks/s", "speedup", 10.0),
+            ("Pool(2) start+shutdown, fork", "Pool(2) start+shutdown (fork) within 2× of two bare forks",
+             "slowdown", 2.0)):
+        if lbl not in by:
+            continue
+        v = by[lbl][field]
+        target(text, v, v is not None and (v >= need if field == "speedup" else v <= need))
+    pool_target_table = "\n".join(["| target (issue 3) | measured | status |", "|---|---|---|", *targets])
+
     print(table)
     print()
     print(floors)
     print()
     print(target_table)
+    print()
+    print(pool_target_table)
     print(f"\n({args.rounds} interleaved rounds, {total:.0f} s; python: {py_header})", file=sys.stderr)
 
     if args.no_docs:
@@ -381,6 +434,18 @@ too.
 ## Targets (issue 2, Performance)
 
 {target_table}
+
+## Targets (issue 3, Performance)
+
+{pool_target_table}
+
+The pool rows use trivial `int` identity tasks, as `../shared/anchors/python_mp_bench.py`:
+the round trip submits one task to a 1-worker executor and waits for it; the
+throughput row submits 10,000 (CPython: 20,000) to 2 workers, then gets them all;
+`Pool.map` runs over 20,000 items with chunksize 1 and 200,000 items with
+Python's default chunksize (len / (4 × workers)). Pool start+shutdown builds a
+`Pool(2)`, waits until both workers are forked, then `close()` + `join()`
+(CPython: `Pool(2)`, `close()`, `join()`); its floor is twice `BM_BareFork`.
 
 ## Reproduce
 

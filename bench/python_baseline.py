@@ -1,5 +1,5 @@
 """CPython baseline for mproc's benchmarks: the same workloads as
-bench/bench_process.cpp and bench/bench_connection.cpp, done with the stdlib
+bench/bench_process.cpp, bench/bench_connection.cpp and bench/bench_pool.cpp, done with the stdlib
 `multiprocessing` (adapted from ../shared/anchors/python_mp_bench.py).
 
     python3 bench/python_baseline.py [--scale S] [WORKLOAD ...]
@@ -11,10 +11,15 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 
 def noop():
     pass
+
+
+def ident(x):
+    return x
 
 
 def report(name, value, unit):
@@ -112,6 +117,51 @@ def bench_pipe_bandwidth(size, reps):
     return size * reps / dt / 1e9
 
 
+def bench_pool_map(n, chunksize):
+    with mp.Pool(2) as pool:
+        pool.map(ident, range(1000))  # warm
+        t = time.perf_counter()
+        pool.map(ident, range(n), chunksize=chunksize)
+        dt = time.perf_counter() - t
+    return n / dt
+
+
+def bench_executor_roundtrip(n):
+    with ProcessPoolExecutor(1) as ex:
+        ex.submit(ident, 0).result()
+        t = time.perf_counter()
+        for i in range(n):
+            ex.submit(ident, i).result()
+        dt = time.perf_counter() - t
+    return dt / n * 1e6
+
+
+def bench_executor_throughput(n):
+    with ProcessPoolExecutor(2) as ex:
+        list(ex.map(ident, range(100)))
+        t = time.perf_counter()
+        futs = [ex.submit(ident, i) for i in range(n)]
+        for f in futs:
+            f.result()
+        dt = time.perf_counter() - t
+    return n / dt
+
+
+def bench_pool_start(method, n):
+    """Pool(2) start (both workers forked) + close + join (workers reaped)."""
+    ctx = mp.get_context(method)
+    p = ctx.Pool(2)  # warm: imports, the fork server
+    p.close()
+    p.join()
+    t = time.perf_counter()
+    for _ in range(n):
+        p = ctx.Pool(2)
+        p.close()
+        p.join()
+    dt = time.perf_counter() - t
+    return dt / n * 1e3
+
+
 # name -> (function of the scale helper s, unit)
 WORKLOADS = {
     "process_start_join_fork": (lambda s: bench_process_start("fork", s(200)), "ms/process"),
@@ -120,6 +170,12 @@ WORKLOADS = {
     "pipe_pingpong_small": (lambda s: bench_pipe_pingpong(s(20_000)), "us/roundtrip"),
     "pipe_pingpong_small_simplex": (lambda s: bench_pipe_pingpong_simplex(s(20_000)), "us/roundtrip"),
     "pipe_bandwidth_64MiB": (lambda s: bench_pipe_bandwidth(64 << 20, max(1, s(10))), "GB/s"),
+    "pool_map_trivial_default_chunks": (lambda s: bench_pool_map(s(200_000), None), "tasks/s"),
+    "pool_map_trivial_chunksize1": (lambda s: bench_pool_map(s(20_000), 1), "tasks/s"),
+    "executor_submit_roundtrip": (lambda s: bench_executor_roundtrip(s(2_000)), "us/task"),
+    "executor_submit_throughput": (lambda s: bench_executor_throughput(s(20_000)), "tasks/s"),
+    "pool_start_shutdown_2_fork": (lambda s: bench_pool_start("fork", s(30)), "ms/pool"),
+    "pool_start_shutdown_2_forkserver": (lambda s: bench_pool_start("forkserver", s(20)), "ms/pool"),
 }
 
 

@@ -30,6 +30,9 @@ int main(int argc, char** argv) {
       {"Four processes summing squares vs one process", "sum_squares", {}},
       {"Pipe ping-pong between two processes", "pipe_ping", {"20000"}},
       {"A crash, an exception and a runaway: each fails alone", "crash_isolation", {}},
+      {"Largest prime factors with ProcessPoolExecutor(4)", "prime_factors", {}},
+      {"Pool.map, starmap and imap over twenty match analyses", "match_analysis", {}},
+      {"A bad batch: a segfault and a runaway among twenty tasks", "bad_batch", {}},
   };
   int failures = 0;
   for (const auto& step : tour) {

@@ -31,12 +31,14 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <algorithm>
 #include <deque>
 #include <mutex>
 #include <thread>
 
 #include "pool_protocol.hpp"
+#include "result_ring.hpp"
 #include "sys/fd.hpp"
 
 namespace mproc::detail {
@@ -47,6 +49,8 @@ using Clock = std::chrono::steady_clock;
 // task; up to kMaxDepth when many are pending (a map of tiny tasks), so
 // they travel in batches.
 constexpr std::size_t kDepth = 2, kMaxDepth = 32;
+constexpr double kShortTaskUs = 1000;  // "tiny" tasks: under a millisecond on average
+constexpr auto kQuiet = std::chrono::milliseconds(1);  // no waiter spun for this long: doorbells on
 // More is queued behind a running task only while the queued payloads fit
 // in the socket buffer: a large task sent while the worker is writing a
 // large result would block both sides for good.
@@ -61,12 +65,15 @@ struct Pending {
 
 struct InFlight {
   Pending task;
-  Clock::time_point deadline = Clock::time_point::max();  // set when it heads the queue
+  Clock::time_point started{};                            // when it headed the queue
+  Clock::time_point deadline = Clock::time_point::max();  // started + its limit
 };
 
 struct Worker {
   Process proc;
   Connection conn;
+  ResultRing ring;
+  std::deque<ResultMsg> early;  // large results read off the socket before their marker
   pid_t pid = 0;
   std::deque<InFlight> flight;
   std::size_t queued_bytes = 0;  // payloads sent behind the running task
@@ -102,6 +109,12 @@ struct Engine::Impl : Progress {
 
   sys::UniqueFd wake, epoll, results, timer;
   std::atomic<std::size_t> respawn_count{0};
+  std::atomic<int> spinners{0};
+  std::atomic<std::int64_t> last_spin_ns{0};
+  std::atomic<bool> doorbells_armed{false};
+  bool started = false;            // under mu: the first workers are up
+  std::condition_variable started_cv;
+  double avg_task_us = -1;         // under mu; -1 until a task has finished
   std::atomic<std::uint64_t> next_id{1};
   std::thread thread;
   std::mutex join_mu;
@@ -115,11 +128,12 @@ struct Engine::Impl : Progress {
   std::unique_ptr<Worker> start_worker(std::size_t slot) {
     auto w = std::make_unique<Worker>();
     auto [mine, theirs] = Pipe(true);
+    w->ring = ResultRing::create();
     ProcessOptions po;
     po.name = fmt::format("{}-{}", opt.name, ++worker_counter);
     po.daemon = true;  // killed, not joined, if the engine is torn down
     po.start_method = opt.start_method;
-    w->proc = Process(std::move(po), worker_main, std::move(theirs), config);
+    w->proc = Process(std::move(po), worker_main, std::move(theirs), config, PassedFd{w->ring.fd()});
     w->proc.start();
     w->conn = std::move(mine);
     w->pid = w->proc.pid();
@@ -165,7 +179,9 @@ struct Engine::Impl : Progress {
   void arm_head(Worker& w) {
     if (w.flight.empty()) return;
     auto& head = w.flight.front();
-    if (head.deadline == Clock::time_point::max() && head.task.limit) head.deadline = Clock::now() + *head.task.limit;
+    if (head.started != Clock::time_point{}) return;
+    head.started = Clock::now();
+    if (head.task.limit) head.deadline = head.started + *head.task.limit;
   }
 
   void arm_timer() {
@@ -181,30 +197,47 @@ struct Engine::Impl : Progress {
     ::timerfd_settime(timer.get(), 0, &its, nullptr);
   }
 
+  // How many tasks a worker may hold: one while tasks are long (so the
+  // others stay cancellable and go to whichever worker frees first, as
+  // Python's executor does); for tiny tasks, more as the queue grows, so they
+  // travel in batches.
+  std::size_t depth(std::size_t live) const {
+    if (avg_task_us < 0 || avg_task_us > kShortTaskUs) return 1;
+    return std::clamp(pending.size() / std::max<std::size_t>(1, live), kDepth, kMaxDepth);
+  }
+
   void assign() {
-    bool armed = false;
+    if (pending.empty()) return;
     std::size_t live = 0;
     for (auto& w : workers) live += w && !w->retiring && !w->timed_out;
-    const std::size_t depth = std::clamp(pending.size() / std::max<std::size_t>(1, live), kDepth, kMaxDepth);
+    const std::size_t limit = depth(live);
+    // Each round gives one task to the least loaded worker: idle ones first.
+    std::vector<std::size_t> first(workers.size());
+    for (std::size_t i = 0; i < workers.size(); ++i) first[i] = workers[i] ? workers[i]->flight.size() : 0;
+    bool armed = false;
+    while (!pending.empty()) {
+      Worker* best = nullptr;
+      for (auto& w : workers)
+        if (w && !w->retiring && !w->timed_out && w->flight.size() < limit &&
+            (!best || w->flight.size() < best->flight.size()))
+          best = w.get();
+      if (!best) break;
+      const std::size_t size = pending.front().call.payload.size();
+      if (!best->flight.empty() && best->queued_bytes + size > kQueuedBytes) break;
+      Pending p = std::move(pending.front());
+      pending.pop_front();
+      if (!p.state->start_running()) continue;  // cancelled while pending
+      if (!best->flight.empty()) best->queued_bytes += size;
+      armed = armed || p.limit.has_value();
+      best->flight.push_back(InFlight{std::move(p)});
+    }
     TaskBatch batch;
-    for (auto& w : workers) {
-      if (pending.empty()) break;
-      if (!w || w->retiring || w->timed_out) continue;
-      std::size_t first = w->flight.size();
-      while (w->flight.size() < depth && !pending.empty()) {
-        const std::size_t size = pending.front().call.payload.size();
-        if (!w->flight.empty() && w->queued_bytes + size > kQueuedBytes) break;
-        Pending p = std::move(pending.front());
-        pending.pop_front();
-        if (!p.state->start_running()) continue;  // cancelled while pending
-        if (!w->flight.empty()) w->queued_bytes += size;
-        armed = armed || p.limit.has_value();
-        w->flight.push_back(InFlight{std::move(p)});
-      }
-      if (first == w->flight.size()) continue;
+    for (std::size_t i = 0; i < workers.size(); ++i) {
+      Worker* w = workers[i].get();
+      if (!w || w->flight.size() == first[i]) continue;
       batch.refs.clear();
-      for (std::size_t i = first; i < w->flight.size(); ++i)
-        batch.refs.emplace_back(w->flight[i].task.state->id, &w->flight[i].task.call);
+      for (std::size_t k = first[i]; k < w->flight.size(); ++k)
+        batch.refs.emplace_back(w->flight[k].task.state->id, &w->flight[k].task.call);
       try {
         w->conn.send(batch);
       } catch (const Error&) {
@@ -226,6 +259,8 @@ struct Engine::Impl : Progress {
     }
     if (msg.retiring) w.retiring = true;
     if (w.flight.empty() || w.flight.front().task.state->id != msg.id) return;  // already failed (deadline)
+    const double us = std::chrono::duration<double, std::micro>(Clock::now() - w.flight.front().started).count();
+    avg_task_us = avg_task_us < 0 ? us : 0.8 * avg_task_us + 0.2 * us;
     auto task = std::move(w.flight.front().task.state);
     w.flight.pop_front();
     // The next task now runs: it no longer waits in the socket.
@@ -235,23 +270,77 @@ struct Engine::Impl : Progress {
     else done.push_back({std::move(task), {}, std::make_exception_ptr(to_remote_error(from_bytes<ErrorInfo>(msg.data)))});
   }
 
-  void drain(Worker& w, Completions& done) {
+  // The next large result, which the worker wrote on the socket before its
+  // marker in the ring.
+  ResultMsg socket_result(Worker& w) {
+    if (!w.early.empty()) {
+      ResultMsg m = std::move(w.early.front());
+      w.early.pop_front();
+      return m;
+    }
+    for (;;) {
+      ResultMsg m = w.conn.recv<ResultMsg>();
+      if (m.id != kDoorbell) return m;
+    }
+  }
+
+  // Results in the ring, in order; never blocks (but for a marker's result,
+  // which is already on the socket).
+  void drain_ring(Worker& w, Completions& done) {
+    Bytes rec;
+    std::uint32_t flags = 0;
     try {
-      while (w.conn.poll()) on_result(w, w.conn.recv<ResultMsg>(), done);
+      while (w.ring.try_pop(rec, flags))
+        on_result(w, flags ? socket_result(w) : from_bytes<ResultMsg>(rec), done);
+    } catch (const ConnectionClosed&) {
+      // died while writing a large result: that task counts as crashed
+    }
+  }
+
+  // The socket: doorbells, an initializer's failure, large results.
+  void drain_socket(Worker& w, Completions& done) {
+    try {
+      while (w.conn.poll()) {
+        ResultMsg m = w.conn.recv<ResultMsg>();
+        if (m.id == 0) on_result(w, std::move(m), done);
+        else if (m.id != kDoorbell) w.early.push_back(std::move(m));
+      }
     } catch (const ConnectionClosed&) {
       // the worker is gone; its sentinel says how
     }
   }
 
+  void drain(Worker& w, Completions& done) {
+    drain_socket(w, done);
+    drain_ring(w, done);
+  }
+
   // Reads every result that is ready (never blocks), then hands out work.
-  void collect(Completions& done) {
-    epoll_event events[64];
-    int n = ::epoll_wait(results.get(), events, 64, 0);
-    for (int i = 0; i < n; ++i) {
-      const std::size_t slot = events[i].data.u64;
-      if (slot < workers.size() && workers[slot]) drain(*workers[slot], done);
+  // A spinning waiter reads only the rings (no syscall); the dispatcher also
+  // reads the sockets that epoll reported.
+  void collect(Completions& done, bool sockets) {
+    if (sockets) {
+      epoll_event events[64];
+      int n = ::epoll_wait(results.get(), events, 64, 0);
+      for (int i = 0; i < n; ++i) {
+        const std::size_t slot = events[i].data.u64;
+        if (slot < workers.size() && workers[slot]) drain_socket(*workers[slot], done);
+      }
     }
+    for (auto& w : workers)
+      if (w) drain_ring(*w, done);
     assign();
+  }
+
+  // Before the dispatcher sleeps for good: ask workers for a doorbell.
+  // False when a result slipped in meanwhile.
+  bool arm_doorbells() {
+    for (auto& w : workers)
+      if (w) w->ring.set_sleeping(true);
+    doorbells_armed = true;
+    for (auto& w : workers)
+      if (w && !w->ring.empty()) return false;
+    return true;
   }
 
   void on_death(std::size_t slot, Completions& done) {
@@ -314,9 +403,38 @@ struct Engine::Impl : Progress {
     std::unique_lock lock(mu, std::try_to_lock);
     if (!lock) return;
     Completions done;
-    collect(done);
+    collect(done, false);
     lock.unlock();
     complete(done);
+  }
+
+  // A spinning waiter reads the rings itself, so workers need not ring the
+  // dispatcher meanwhile: the first spinner turns doorbells off. They are
+  // turned back on by the dispatcher, once no waiter has spun for kQuiet.
+  //
+  // The dispatcher sleeps without a timeout only while doorbells are armed,
+  // so the spinner that disarms them also wakes it: it then polls every
+  // kQuiet until spinning stops and re-arms them. Without that wake-up a
+  // waiter that gives up spinning before its result arrives would sleep
+  // forever beside a dispatcher that no worker rings.
+  void spin_begin() override {
+    ++spinners;
+    if (doorbells_armed.exchange(false)) {
+      {
+        std::lock_guard lock(mu);
+        for (auto& w : workers)
+          if (w) w->ring.set_sleeping(false);
+      }
+      wake_dispatcher();
+    }
+  }
+  void spin_end() override {
+    last_spin_ns = Clock::now().time_since_epoch().count();
+    --spinners;
+  }
+  bool spinning_lately() const {
+    return spinners.load() > 0 ||
+           Clock::now().time_since_epoch().count() - last_spin_ns.load() < std::chrono::nanoseconds(kQuiet).count();
   }
 
   // ---- the dispatcher thread ---------------------------------------------
@@ -325,8 +443,16 @@ struct Engine::Impl : Progress {
     try {
       {
         std::lock_guard lock(mu);
-        for (std::size_t i = 0; i < workers.size(); ++i) workers[i] = start_worker(i);
+        try {
+          for (std::size_t i = 0; i < workers.size(); ++i) workers[i] = start_worker(i);
+        } catch (...) {
+          started = true;
+          started_cv.notify_all();
+          throw;
+        }
         publish_pids();
+        started = true;
+        started_cv.notify_all();
         assign();
       }
       loop();
@@ -346,15 +472,23 @@ struct Engine::Impl : Progress {
       Completions done;
       std::vector<std::shared_ptr<TaskState>> cancelled;
       bool stop;
+      int timeout_ms = 0;  // 0: look again at once
       {
         std::lock_guard lock(mu);
-        collect(done);
+        collect(done, true);
         stop = finished(cancelled);
+        if (!stop && done.empty()) {
+          // While waiters spin they read the results; check back soon
+          // without doorbells. Otherwise sleep until one rings.
+          if (spinning_lately()) timeout_ms = 1;
+          else if (arm_doorbells()) timeout_ms = -1;
+        }
       }
       complete(done);
       for (auto& c : cancelled) c->cancel();
       if (stop) return;
-      int n = ::epoll_wait(epoll.get(), events, 64, -1);
+      if (timeout_ms == 0) continue;
+      int n = ::epoll_wait(epoll.get(), events, 64, timeout_ms);
       if (n < 0 && errno != EINTR) sys::throw_errno("epoll_wait");
       {
         std::lock_guard lock(mu);
@@ -419,6 +553,9 @@ Engine::Engine(EngineOptions options) : impl_(std::make_shared<Impl>()) {
     sys::check(::epoll_ctl(m.epoll.get(), EPOLL_CTL_ADD, fd, &ev), "epoll_ctl");
   }
   m.thread = std::thread([&m] { m.run(); });
+  // As Python's Pool(): the workers exist when the constructor returns.
+  std::unique_lock lock(m.mu);
+  m.started_cv.wait(lock, [&] { return m.started; });
 }
 
 Engine::~Engine() {

@@ -168,6 +168,9 @@ void start_server(bool by_fork) {
     pid = ::fork();
     if (pid < 0) sys::throw_errno("fork (fork server)");
     if (pid == 0) {
+      // We hold g_mu (our caller does); the server's children are copies of
+      // the server, and one that starts a pool of its own must find it free.
+      g_mu.unlock();
       ::close(client.get());
       forkserver_main(server.get(), owner);
     }

@@ -76,11 +76,13 @@ bool TaskState::wait_until(std::chrono::steady_clock::time_point deadline) {
   // CPUs those cost tens of microseconds each.
   if (!finished()) {
     auto driver_ptr = driver.lock();
+    if (driver_ptr) driver_ptr->spin_begin();
     const auto spin_until = std::min(deadline, std::chrono::steady_clock::now() + std::chrono::microseconds(200));
     while (!finished() && std::chrono::steady_clock::now() < spin_until) {
       if (driver_ptr) driver_ptr->poll();
       std::this_thread::yield();
     }
+    if (driver_ptr) driver_ptr->spin_end();
   }
   if (finished()) return true;
   std::unique_lock lock(mu);

@@ -1,7 +1,10 @@
 // Internal: what the pool engine and its workers say to each other.
 //
 //   engine → worker   TaskBatch{TaskMsg{id, call}...}   (id kStop: exit)
-//   worker → engine   ResultMsg{id, ok, retiring, data}
+//   worker → engine   ResultMsg{id, ok, retiring, data} in the shared
+//                     ResultRing (large ones on the socket, with a marker
+//                     in the ring), and a doorbell on the socket when the
+//                     engine sleeps
 //                     id 0: the initializer failed (data = ErrorInfo)
 //                     ok: data = the serialized result; else an ErrorInfo
 //                     retiring: recycled after this task (max tasks / memory)
@@ -14,10 +17,12 @@
 
 #include "mproc/call.hpp"
 #include "mproc/connection.hpp"
+#include "result_ring.hpp"
 
 namespace mproc::detail {
 
 inline constexpr std::uint64_t kStop = std::numeric_limits<std::uint64_t>::max();
+inline constexpr std::uint64_t kDoorbell = kStop - 1;  // worker → engine: look at the ring
 
 struct TaskMsg {
   std::uint64_t id = 0;
@@ -71,6 +76,6 @@ struct WorkerConfig {
 };
 
 // The worker process's target.
-void worker_main(Connection conn, WorkerConfig config);
+void worker_main(Connection conn, WorkerConfig config, PassedFd ring);
 
 }  // namespace mproc::detail

@@ -1,6 +1,7 @@
 #include "mproc/process.hpp"
 
 #include <pthread.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -127,6 +128,8 @@ void start_exec(ProcessState& s, sys::UniqueFd child_ctrl) {
 }  // namespace
 
 void set_identity(const ProcessInfo& self, std::optional<ProcessInfo> parent) {
+  // What ps and top show (15 characters at most).
+  ::prctl(PR_SET_NAME, self.name.substr(0, 15).c_str());
   g_self = self;
   g_parent = std::move(parent);
 }

@@ -1,4 +1,5 @@
 // The pool worker: runs tasks in order until told to stop, EOF, or recycling.
+#include <sched.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -24,13 +25,33 @@ bool wait_for_task(Connection& conn) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
   do {
     if (conn.poll()) return true;
+    ::sched_yield();  // the engine may share this CPU: let it run
   } while (std::chrono::steady_clock::now() < until);
   return conn.poll(std::nullopt);
 }
 
+// Results go to the ring (no syscall); the socket carries what does not fit,
+// and a doorbell when the engine sleeps.
+void deliver(Connection& conn, ResultRing& ring, const ResultMsg& result) {
+  Bytes bytes = to_bytes(result);
+  std::uint32_t flags = 0;
+  if (bytes.size() > ResultRing::kMaxInline) {
+    conn.send(result);  // before its marker, so the engine always finds it
+    bytes.clear();
+    flags = ResultRing::kOnSocket;
+  }
+  while (!ring.try_push(bytes, flags)) {
+    // Full: the engine is behind. Make sure it is awake, then give it time.
+    if (ring.consumer_sleeping()) conn.send(ResultMsg{kDoorbell, true, false, {}});
+    ::usleep(20);
+  }
+  if (ring.consumer_sleeping()) conn.send(ResultMsg{kDoorbell, true, false, {}});
+}
+
 }  // namespace
 
-void worker_main(Connection conn, WorkerConfig config) {
+void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd) {
+  ResultRing ring = ResultRing::attach(ring_fd.fd);
   if (config.initializer) {
     Bytes ignored;
     try {
@@ -67,7 +88,7 @@ void worker_main(Connection conn, WorkerConfig config) {
     ++done;
     result.retiring = (config.max_tasks && done >= config.max_tasks) ||
                       (config.max_memory && resident_bytes() > config.max_memory);
-    conn.send(result);
+    deliver(conn, ring, result);
     if (result.retiring) return;
   }
 }

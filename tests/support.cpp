@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -48,6 +49,18 @@ std::set<std::string> shm_entries() {
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) out.insert(e.path().filename());
   return out;
+}
+
+bool reap_orphans(int timeout_ms) {
+  const bool all_ended = eventually(
+      [] {
+        for (pid_t pid : child_pids())
+          if (!pid_gone(pid)) return false;
+        return true;
+      },
+      timeout_ms);
+  for (pid_t pid : child_pids()) ::waitpid(pid, nullptr, WNOHANG);
+  return all_ended;
 }
 
 bool pid_gone(pid_t pid) {

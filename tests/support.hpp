@@ -18,6 +18,10 @@ std::string describe_fd(int fd);
 // Direct children of this process (all threads), minus mproc's fork server.
 std::vector<pid_t> child_pids();
 std::set<std::string> shm_entries();
+// For tests that orphan processes on purpose (this process is a subreaper):
+// waits up to timeout_ms for every child to end, reaps them, and tells
+// whether all did.
+bool reap_orphans(int timeout_ms = 2000);
 // True when pid no longer exists (or is a zombie that nobody will see).
 bool pid_gone(pid_t pid);
 // Polls until pred() or timeout_ms; returns pred().

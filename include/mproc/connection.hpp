@@ -126,8 +126,11 @@ class Connection {
   };
   template <class T>
   static std::uint32_t type_tag() noexcept {
-    std::uint32_t t = type_fingerprint<T>();
-    return t == 0 ? 1 : t;
+    static const std::uint32_t tag = [] {
+      std::uint32_t t = type_fingerprint<T>();
+      return t == 0 ? 1 : t;
+    }();
+    return tag;
   }
   // buf holds kHeaderSize reserved bytes followed by the payload.
   void send_frame(std::uint32_t tag, Bytes& buf);

@@ -75,6 +75,8 @@ enum class TaskPhase : std::uint8_t { pending, running, done, cancelled };
 struct Progress {
   virtual ~Progress() = default;
   virtual void poll() = 0;
+  virtual void spin_begin() {}
+  virtual void spin_end() {}
 };
 
 // Shared by a Future and the engine.
@@ -152,6 +154,8 @@ class Future {
     if (!s_) throw std::logic_error("mproc::Future: no state (default-constructed)");
     return *s_;
   }
+  // Copies of one future compare equal (as_completed hands back copies).
+  friend bool operator==(const Future& a, const Future& b) noexcept { return a.s_ == b.s_; }
 
  private:
   void rethrow_if_failed(Timeout timeout) const {

@@ -15,6 +15,18 @@
 
 namespace mproc {
 
+namespace detail {
+// AsyncResult's value callback: void(const R&), or void() for a void task.
+template <class R>
+struct ValueCallback {
+  using type = std::function<void(const R&)>;
+};
+template <>
+struct ValueCallback<void> {
+  using type = std::function<void()>;
+};
+}  // namespace detail
+
 // apply_async / map_async: Python's AsyncResult.
 template <class R>
 class AsyncResult {
@@ -63,12 +75,14 @@ class AsyncResult {
   }
   // Python's callback / error_callback: called once, when all parts are done
   // (at once if they are), in the thread that finished the last part.
-  void add_callback(std::function<void(const R&)> on_value, std::function<void(std::exception_ptr)> on_error = {}) {
+  void add_callback(typename detail::ValueCallback<R>::type on_value,
+                    std::function<void(std::exception_ptr)> on_error = {}) {
     auto run = [self = *this, on_value = std::move(on_value), on_error = std::move(on_error)] {
       if (auto e = self.first_error()) {
         if (on_error) on_error(e);
       } else if (on_value) {
-        on_value(self.s_->value());
+        if constexpr (std::is_void_v<R>) on_value();
+        else on_value(self.s_->value());
       }
     };
     {
@@ -116,28 +130,27 @@ class IMap {
       : engine_(&engine), fn_(std::move(fn)), items_(std::move(items)), it_(std::ranges::begin(items_)),
         chunksize_(std::max<std::size_t>(1, chunksize)), window_(std::max<std::size_t>(1, window)),
         done_(std::make_shared<detail::CompletionQueue>()) {}
-  IMap(IMap&&) = delete;  // callbacks point into it
+  IMap(IMap&&) = delete;  // iterators point into it; returned by guaranteed elision
 
-  // The next result, or nullopt at the end. Rethrows a task's error.
+  // The next result, or nullopt at the end. Rethrows a task's error (at its
+  // position; iteration can go on). TimeoutError leaves everything in place.
   std::optional<R> next(Timeout timeout = std::nullopt) {
-    if (!out_.empty()) return pop_out();
-    refill();
-    if (inflight_.empty()) return std::nullopt;
-    std::size_t index = 0;
-    if constexpr (Ordered) {
-      index = 0;
-    } else {
-      auto i = done_->pop(detail::deadline_after(timeout));
-      if (!i) throw TimeoutError("imap_unordered: no result within the timeout");
-      index = *i;
+    while (out_.empty()) {
+      refill();
+      if (inflight_.empty()) return std::nullopt;
+      auto pos = inflight_.begin();
+      if constexpr (!Ordered) {
+        auto i = done_->pop(detail::deadline_after(timeout));
+        if (!i) throw TimeoutError("imap_unordered: no result within the timeout");
+        pos = std::find_if(inflight_.begin(), inflight_.end(), [&](auto& e) { return e.first == *i; });
+      }
+      auto error = pos->second.exception(timeout);  // TimeoutError: nothing consumed
+      auto fut = std::move(pos->second);
+      inflight_.erase(pos);
+      if (error) std::rethrow_exception(error);
+      for (auto& r : fut.get()) out_.push_back(std::move(r));
     }
-    auto pos = std::find_if(inflight_.begin(), inflight_.end(), [&](auto& e) { return e.first == index || Ordered; });
-    auto fut = std::move(pos->second);
-    inflight_.erase(pos);
-    auto part = fut.result(Ordered ? timeout : Timeout{});
-    for (auto& r : part) out_.push_back(std::move(r));
-    refill();
-    return next(timeout);
+    return pop_out();
   }
 
   class iterator {
@@ -219,13 +232,13 @@ class Pool {
   // read as results are consumed; it must outlive nothing (it is moved in).
   template <class F, std::ranges::input_range Range>
   auto imap(F fn, Range items, std::size_t chunksize = 1) {
-    return std::make_unique<IMap<F, std::views::all_t<Range>, true>>(engine_, fn, std::views::all(std::move(items)),
-                                                                    chunksize, 2 * engine_.size());
+    return IMap<F, std::views::all_t<Range>, true>(engine_, fn, std::views::all(std::move(items)), chunksize,
+                                                   2 * engine_.size());
   }
   template <class F, std::ranges::input_range Range>
   auto imap_unordered(F fn, Range items, std::size_t chunksize = 1) {
-    return std::make_unique<IMap<F, std::views::all_t<Range>, false>>(engine_, fn, std::views::all(std::move(items)),
-                                                                     chunksize, 2 * engine_.size());
+    return IMap<F, std::views::all_t<Range>, false>(engine_, fn, std::views::all(std::move(items)), chunksize,
+                                                    2 * engine_.size());
   }
 
   template <class F, class... A>

@@ -1,0 +1,291 @@
+// Future<R> (states, cancel, timeouts, exception(), callbacks, wait_for),
+// as_completed and mproc::wait, on futures of a real executor.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "mproc/executor.hpp"
+#include "mproc/futures.hpp"
+#include "pool_test_util.hpp"
+#include "support.hpp"
+
+using namespace pooltest;
+using mproc::Future;
+using mproc::ProcessPoolExecutor;
+
+TEST(FuturesState, DefaultConstructedHasNoState) {
+  Future<int> f;
+  EXPECT_FALSE(f.valid());
+  EXPECT_THROW((void)f.done(), std::logic_error);
+}
+
+TEST(FuturesState, DoneRunningCancelledFollowTheTask) {
+  TempDir dir;
+  ProcessPoolExecutor ex(1);
+  auto f = ex.submit(started_then_gated, dir.file("started"), dir.file("gate"));
+  EXPECT_TRUE(f.valid());
+  EXPECT_GT(f.id(), 0u);
+  ASSERT_TRUE(wait_for_file(dir.file("started"), 10s));
+  EXPECT_TRUE(f.running());
+  EXPECT_FALSE(f.done());
+  EXPECT_FALSE(f.cancelled());
+  write_file(dir.file("gate"), "x");
+  const pid_t pid = f.get();
+  EXPECT_EQ(std::to_string(pid), read_file(dir.file("started")));
+  EXPECT_TRUE(f.done());
+  EXPECT_FALSE(f.running());
+  EXPECT_FALSE(f.cancelled());
+}
+
+TEST(FuturesState, CancelPendingTaskQueuedBehindLongOnes) {
+  TempDir dir;
+  ProcessPoolExecutor ex(1);
+  auto blocker = ex.submit(started_then_gated, dir.file("started"), dir.file("gate"));
+  ASSERT_TRUE(wait_for_file(dir.file("started"), 10s));
+  std::vector<Future<void>> queued;
+  for (int i = 0; i < 12; ++i) queued.push_back(ex.submit(touch, dir.file("ran" + std::to_string(i))));
+  auto& last = queued.back();
+  EXPECT_FALSE(last.running());
+  EXPECT_TRUE(last.cancel()) << "a task queued behind a busy worker must be cancellable";
+  EXPECT_TRUE(last.cancelled());
+  EXPECT_TRUE(last.done());
+  EXPECT_TRUE(last.cancel()) << "cancel() of a cancelled future is true, as in Python";
+  EXPECT_THROW(last.get(), mproc::CancelledError);
+  write_file(dir.file("gate"), "x");
+  for (std::size_t i = 0; i + 1 < queued.size(); ++i) EXPECT_NO_THROW(queued[i].get()) << i;
+  ex.shutdown();
+  EXPECT_FALSE(file_exists(dir.file("ran11"))) << "a cancelled task ran anyway";
+  EXPECT_TRUE(file_exists(dir.file("ran10")));
+  EXPECT_GT(blocker.get(), 0);
+}
+
+TEST(FuturesState, CancelOfRunningOrFinishedTaskFails) {
+  TempDir dir;
+  ProcessPoolExecutor ex(1);
+  auto f = ex.submit(started_then_gated, dir.file("started"), dir.file("gate"));
+  ASSERT_TRUE(wait_for_file(dir.file("started"), 10s));
+  EXPECT_FALSE(f.cancel());
+  EXPECT_FALSE(f.cancelled());
+  write_file(dir.file("gate"), "x");
+  EXPECT_GT(f.get(), 0);
+  EXPECT_FALSE(f.cancel());
+  EXPECT_FALSE(f.cancelled());
+  auto g = ex.submit(square, 4);
+  EXPECT_EQ(g.get(), 16);
+  EXPECT_FALSE(g.cancel());
+  EXPECT_EQ(g.get(), 16);
+}
+
+TEST(FuturesState, ResultWithTimeoutThrowsTimeoutError) {
+  TempDir dir;
+  ProcessPoolExecutor ex(1);
+  auto f = ex.submit(gated, dir.file("gate"));
+  auto t0 = Clock::now();
+  EXPECT_THROW(f.result(150ms), mproc::TimeoutError);
+  EXPECT_GE(seconds_since(t0), 0.14);
+  EXPECT_LT(seconds_since(t0), 1.5);
+  EXPECT_THROW(f.exception(50ms), mproc::TimeoutError);
+  EXPECT_FALSE(f.done());
+  write_file(dir.file("gate"), "x");
+  EXPECT_EQ(f.result(10s), 1);  // still there after a timeout
+}
+
+TEST(FuturesState, ExceptionReturnsTheErrorOrNull) {
+  ProcessPoolExecutor ex(1);
+  auto ok = ex.submit(square, 3);
+  auto bad = ex.submit(throw_out_of_range, std::string("nope"));
+  EXPECT_EQ(ok.exception(), nullptr);
+  auto e = bad.exception();
+  ASSERT_NE(e, nullptr);
+  try {
+    std::rethrow_exception(e);
+  } catch (const mproc::RemoteError& r) {
+    EXPECT_EQ(r.type_name(), "std::out_of_range");
+    EXPECT_EQ(r.message(), "nope");
+  } catch (...) {
+    FAIL() << "exception() is not a RemoteError";
+  }
+  EXPECT_TRUE(bad.done());
+  EXPECT_FALSE(bad.cancelled());
+}
+
+TEST(FuturesState, DoneCallbackRunsOnceEvenWhenAddedAfterCompletion) {
+  TempDir dir;
+  ProcessPoolExecutor ex(1);
+  auto f = ex.submit(gated, dir.file("gate"));
+  std::atomic<int> before{0}, after{0};
+  std::atomic<int> seen_value{-1};
+  f.add_done_callback([&](Future<int> g) {
+    ++before;
+    seen_value = g.done() ? g.get() : -2;
+  });
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(before.load(), 0) << "callback ran before the task finished";
+  write_file(dir.file("gate"), "x");
+  EXPECT_EQ(f.get(), 1);
+  ASSERT_TRUE(mproc::test::eventually([&] { return before.load() == 1; }));
+  EXPECT_EQ(seen_value.load(), 1);
+  f.add_done_callback([&](Future<int> g) {
+    EXPECT_TRUE(g.done());
+    ++after;
+  });
+  EXPECT_EQ(after.load(), 1) << "a callback added to a done future runs at once";
+  // Cancel fires the callbacks too.
+  auto blocker = ex.submit(gated, dir.file("gate2"));
+  auto queued = ex.submit(square, 2);
+  auto queued2 = ex.submit(square, 3);
+  auto queued3 = ex.submit(square, 4);
+  std::atomic<int> on_cancel{0};
+  queued3.add_done_callback([&](Future<int> g) { on_cancel += g.cancelled() ? 1 : 100; });
+  if (queued3.cancel()) {
+    EXPECT_EQ(on_cancel.load(), 1);
+  }
+  write_file(dir.file("gate2"), "x");
+  ex.shutdown();
+  EXPECT_EQ(before.load(), 1);
+  EXPECT_EQ(after.load(), 1);
+  EXPECT_LE(on_cancel.load(), 1) << "the callback ran twice, or saw the wrong state";
+  EXPECT_EQ(queued.get() + queued2.get(), 13);
+  (void)blocker.get();
+}
+
+TEST(FuturesState, WaitForReportsCompletion) {
+  TempDir dir;
+  ProcessPoolExecutor ex(1);
+  auto f = ex.submit(gated, dir.file("gate"));
+  auto t0 = Clock::now();
+  EXPECT_FALSE(f.wait_for(100ms));
+  EXPECT_GE(seconds_since(t0), 0.09);
+  write_file(dir.file("gate"), "x");
+  EXPECT_TRUE(f.wait_for(10s));
+  EXPECT_TRUE(f.done());
+  f.wait();
+  EXPECT_EQ(f.get(), 1);
+}
+
+TEST(FuturesAsCompleted, YieldsEachFutureOnceInCompletionOrder) {
+  ProcessPoolExecutor ex(3);
+  std::vector<int> ms{700, 50, 350};
+  std::vector<Future<int>> fs;
+  std::mutex mu;
+  std::vector<int> finished;  // by the done callbacks, in the order tasks finished
+  for (int m : ms) {
+    fs.push_back(ex.submit(sleep_ms, m));
+    fs.back().add_done_callback([&mu, &finished](Future<int> g) {
+      std::lock_guard lock(mu);
+      finished.push_back(g.get());
+    });
+  }
+  std::vector<int> order;
+  for (const auto& f : mproc::as_completed(fs)) {
+    EXPECT_TRUE(f.done());
+    order.push_back(f.get());
+  }
+  ASSERT_EQ(order.size(), 3u);
+  std::lock_guard lock(mu);
+  EXPECT_EQ(order, finished);
+  EXPECT_EQ(std::set<int>(order.begin(), order.end()), (std::set<int>{50, 350, 700}));
+}
+
+// With as many workers as tasks, the shorter task comes first.
+TEST(FuturesAsCompleted, ShorterTasksComeFirstGivenEnoughWorkers) {
+  ProcessPoolExecutor ex(3);
+  ex.map(sleep_ms, std::vector<int>{1, 1, 1});
+  ASSERT_TRUE(mproc::test::eventually([&] { return ex.worker_pids().size() == 3; }, 10000));
+  std::vector<Future<int>> fs;
+  for (int m : {900, 100, 500}) fs.push_back(ex.submit(sleep_ms, m));
+  std::vector<int> order;
+  for (const auto& f : mproc::as_completed(fs)) order.push_back(f.get());
+  EXPECT_EQ(order, (std::vector<int>{100, 500, 900}));
+}
+
+TEST(FuturesAsCompleted, TimeoutThrowsAfterTheFinishedOnes) {
+  TempDir dir;
+  ProcessPoolExecutor ex(2);
+  std::vector<Future<int>> fs;
+  fs.push_back(ex.submit(square, 3));
+  fs.push_back(ex.submit(gated, dir.file("gate")));
+  auto ac = mproc::as_completed(fs, 300ms);
+  auto first = ac.next();
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->get(), 9);
+  auto t0 = Clock::now();
+  EXPECT_THROW(ac.next(), mproc::TimeoutError);
+  EXPECT_LT(seconds_since(t0), 1.5);
+  write_file(dir.file("gate"), "x");
+  EXPECT_EQ(fs[1].get(), 1);
+  // Already-finished futures are yielded without waiting.
+  auto all = mproc::as_completed(fs, 0ms);
+  int n = 0;
+  for (const auto& f : all) n += f.done() ? 1 : 0;
+  EXPECT_EQ(n, 2);
+}
+
+TEST(FuturesWait, FirstCompleted) {
+  TempDir dir;
+  ProcessPoolExecutor ex(2);
+  std::vector<Future<int>> fs{ex.submit(square, 5), ex.submit(gated, dir.file("gate"))};
+  auto r = mproc::wait(fs, mproc::FIRST_COMPLETED);
+  ASSERT_EQ(r.done.size(), 1u);
+  ASSERT_EQ(r.not_done.size(), 1u);
+  EXPECT_EQ(r.done[0].get(), 25);
+  EXPECT_EQ(r.not_done[0].id(), fs[1].id());
+  write_file(dir.file("gate"), "x");
+  EXPECT_EQ(fs[1].get(), 1);
+}
+
+TEST(FuturesWait, FirstExceptionStopsAtTheFailure) {
+  TempDir dir;
+  ProcessPoolExecutor ex(2);
+  std::vector<Future<int>> fs{ex.submit(square, 2), ex.submit(throw_out_of_range, std::string("boom")),
+                              ex.submit(gated, dir.file("gate"))};
+  auto t0 = Clock::now();
+  auto r = mproc::wait(fs, mproc::FIRST_EXCEPTION, 20s);
+  EXPECT_LT(seconds_since(t0), 10.0);
+  ASSERT_EQ(r.not_done.size(), 1u);
+  EXPECT_EQ(r.not_done[0].id(), fs[2].id());
+  bool has_failed = std::any_of(r.done.begin(), r.done.end(), [&](auto& f) { return f.id() == fs[1].id(); });
+  EXPECT_TRUE(has_failed);
+  EXPECT_THROW(fs[1].get(), mproc::RemoteError);
+  write_file(dir.file("gate"), "x");
+  // Without any exception, FIRST_EXCEPTION waits for all.
+  std::vector<Future<int>> ok{ex.submit(sleep_ms, 50), ex.submit(sleep_ms, 150)};
+  auto r2 = mproc::wait(ok, mproc::FIRST_EXCEPTION);
+  EXPECT_EQ(r2.done.size(), 2u);
+  EXPECT_TRUE(r2.not_done.empty());
+}
+
+TEST(FuturesWait, AllCompleted) {
+  ProcessPoolExecutor ex(2);
+  std::vector<Future<int>> fs;
+  for (int m : {10, 80, 40, 120, 0}) fs.push_back(ex.submit(sleep_ms, m));
+  auto r = mproc::wait(fs);  // ALL_COMPLETED by default
+  EXPECT_EQ(r.done.size(), 5u);
+  EXPECT_TRUE(r.not_done.empty());
+  for (auto& f : fs) EXPECT_TRUE(f.done());
+  auto r2 = mproc::wait(fs, mproc::ALL_COMPLETED, 0ms);  // already done: no wait
+  EXPECT_EQ(r2.done.size(), 5u);
+}
+
+TEST(FuturesWait, TimeoutReturnsWhatIsDone) {
+  TempDir dir;
+  ProcessPoolExecutor ex(2);
+  std::vector<Future<int>> fs{ex.submit(square, 6), ex.submit(gated, dir.file("gate"))};
+  fs[0].wait();
+  auto t0 = Clock::now();
+  auto r = mproc::wait(fs, mproc::ALL_COMPLETED, 200ms);
+  const double took = seconds_since(t0);
+  EXPECT_GE(took, 0.19);
+  EXPECT_LT(took, 1.5);
+  ASSERT_EQ(r.done.size(), 1u);
+  ASSERT_EQ(r.not_done.size(), 1u);
+  EXPECT_EQ(r.done[0].get(), 36);
+  write_file(dir.file("gate"), "x");
+  EXPECT_EQ(fs[1].get(), 1);
+}

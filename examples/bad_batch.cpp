@@ -68,15 +68,16 @@ int main(int argc, char** argv) {
     }
   }
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("  %d results, %d crashed, %d timed out, %d other, in %.2f s; %zu workers replaced\n", ok, crashed,
-              timed_out, other, elapsed, pool.respawns());
+  std::printf("  %d results, %d crashed, %d timed out, %d other, in %.2f s\n", ok, crashed, timed_out, other,
+              elapsed);
 
   // The same pool serves on: a short per-submit deadline, then a second batch.
   std::vector<mproc::Future<long>> again;
   for (int i = 0; i < 4; ++i) again.push_back(pool.submit(mproc::SubmitOptions{.timeout = 5s}, process_record, i));
   bool serves = true;
   for (int i = 0; i < 4; ++i) serves = serves && again[i].get() == checksum(i + 1);
-  std::printf("  afterwards the pool still serves: %s; workers now:", serves ? "4 of 4 new tasks done" : "NO");
+  std::printf("  afterwards the pool still serves: %s; %zu workers replaced; workers now:",
+              serves ? "4 of 4 new tasks done" : "NO", pool.respawns());
   for (pid_t pid : pool.worker_pids()) std::printf(" %d", static_cast<int>(pid));
   std::printf("\n");
   return ok == 18 && crashed == 1 && timed_out == 1 && other == 0 && serves ? 0 : 1;

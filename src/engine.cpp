@@ -578,6 +578,26 @@ std::shared_ptr<TaskState> Engine::submit(Call call, std::optional<std::chrono::
   return state;
 }
 
+std::vector<std::shared_ptr<TaskState>> Engine::submit_many(std::vector<Call> calls,
+                                                            std::optional<std::chrono::nanoseconds> timeout) {
+  Impl& m = *impl_;
+  std::vector<std::shared_ptr<TaskState>> states;
+  states.reserve(calls.size());
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    auto state = std::make_shared<TaskState>();
+    state->id = m.next_id++;
+    state->driver = impl_;
+    states.push_back(std::move(state));
+  }
+  std::lock_guard lock(m.mu);
+  if (m.broken) std::rethrow_exception(m.broken);
+  if (m.closing || m.terminating) throw Error("mproc: cannot submit a task after the pool was shut down");
+  const auto limit = timeout ? timeout : m.opt.task_timeout;
+  for (std::size_t i = 0; i < calls.size(); ++i) m.pending.push_back(Pending{states[i], std::move(calls[i]), limit});
+  m.assign();
+  return states;
+}
+
 void Engine::shutdown(bool wait, bool cancel_pending) {
   Impl& m = *impl_;
   {

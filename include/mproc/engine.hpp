@@ -35,6 +35,9 @@ class Engine {
 
   // Thread-safe. Throws BrokenPool / Error once shut down.
   std::shared_ptr<TaskState> submit(Call call, std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
+  // Many at once (map): one lock and one hand-out, so they travel in batches.
+  std::vector<std::shared_ptr<TaskState>> submit_many(std::vector<Call> calls,
+                                                      std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
   // No new tasks; pending ones run (or are cancelled); workers then exit.
   // wait: block until they have.
   void shutdown(bool wait, bool cancel_pending);

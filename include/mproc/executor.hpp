@@ -77,11 +77,13 @@ auto submit_chunks(Engine& engine, const F& fn, const Range& items, std::size_t 
   auto it = std::ranges::begin(items);
   const auto end = std::ranges::end(items);
   std::vector<Item> buf;
+  std::vector<Call> calls;
   while (it != end) {
     buf.clear();
     for (; it != end && buf.size() < chunksize; ++it) buf.push_back(*it);
-    chunks.emplace_back(engine.submit(make_chunk_call<F, Item, Star>(fn, buf.begin(), buf.end())));
+    calls.push_back(make_chunk_call<F, Item, Star>(fn, buf.begin(), buf.end()));
   }
+  for (auto& state : engine.submit_many(std::move(calls))) chunks.emplace_back(std::move(state));
   return chunks;
 }
 

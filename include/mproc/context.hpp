@@ -23,7 +23,7 @@
 namespace mproc {
 
 struct InitOptions {
-  std::optional<StartMethod> start_method;  // the default for this program
+  std::optional<StartMethod> start_method = {};  // the default for this program
 };
 
 void init(int argc, char** argv, const InitOptions& options = {});

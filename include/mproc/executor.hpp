@@ -32,13 +32,13 @@ struct PoolOptions {
   unsigned max_workers = 0;              // 0: cpu_count()
   unsigned max_tasks_per_child = 0;      // recycle a worker after this many tasks
   std::size_t max_memory_per_child = 0;  // recycle a worker whose RSS passed this (bytes)
-  std::optional<detail::Call> initializer;
-  std::optional<std::chrono::nanoseconds> task_timeout;  // per task; submit can override
-  std::optional<StartMethod> start_method;               // Python's mp_context
+  std::optional<detail::Call> initializer = {};
+  std::optional<std::chrono::nanoseconds> task_timeout = {};  // per task; submit can override
+  std::optional<StartMethod> start_method = {};          // Python's mp_context
 };
 
 struct SubmitOptions {
-  std::optional<std::chrono::nanoseconds> timeout;  // overrides PoolOptions::task_timeout
+  std::optional<std::chrono::nanoseconds> timeout = {};  // overrides PoolOptions::task_timeout
 };
 
 namespace detail {

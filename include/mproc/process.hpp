@@ -47,9 +47,9 @@ std::string_view to_string(StartMethod m) noexcept;
 std::optional<StartMethod> parse_start_method(std::string_view name) noexcept;
 
 struct ProcessOptions {
-  std::string name;                         // default "Process-N"
+  std::string name = {};                    // default "Process-N"
   bool daemon = false;                      // killed, not joined, by the destructor
-  std::optional<StartMethod> start_method;  // default: get_start_method()
+  std::optional<StartMethod> start_method = {};  // default: get_start_method()
 };
 
 // What current_process(), parent_process() and active_children() report.

@@ -13,5 +13,8 @@ int main(int argc, char** argv) {
   int got = in.recv<int>();
   p.join();
   std::printf("consumer: child %d sent %d, exit code %d\n", static_cast<int>(p.pid()), got, p.exitcode().value_or(-1));
-  return got == 49 && p.exitcode() == 0 ? 0 : 1;
+  mproc::ProcessPoolExecutor ex(2);
+  const int pooled = ex.submit(square, 9).get();
+  std::printf("consumer: ProcessPoolExecutor(2) squared 9 into %d\n", pooled);
+  return got == 49 && p.exitcode() == 0 && pooled == 81 ? 0 : 1;
 }

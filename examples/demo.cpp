@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
       {"Largest prime factors with ProcessPoolExecutor(4)", "prime_factors", {}},
       {"Pool.map, starmap and imap over twenty match analyses", "match_analysis", {}},
       {"A bad batch: a segfault and a runaway among twenty tasks", "bad_batch", {}},
+      {"SHA-256 of a folder tree with Pool.imap, checked against sha256sum", "sha256_tree", {}},
+      {"Resizing photos to 300x300 with Pool.map, beside CPython + Pillow", "resize_images", {}},
   };
   int failures = 0;
   for (const auto& step : tour) {

@@ -3,7 +3,8 @@
 # examples. Idempotent: does nothing when all are present. Uses sudo when not root.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libcereal-dev libfmt-dev libssl-dev
-      libgtest-dev libgmock-dev libbenchmark-dev python3 procps)
+      libgtest-dev libgmock-dev libbenchmark-dev python3 procps
+      libstb-dev python3-pil gnuplot-nox)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -223,6 +223,38 @@ def machine():
             "os": platform.platform()}
 
 
+def draw_chart(rows, path):
+    """A horizontal bar chart of CPython/mproc per workload (log scale) with
+    gnuplot, as a PNG beside docs/benchmarks.md. False when gnuplot is missing."""
+    gnuplot = shutil.which("gnuplot")
+    bars = [(r["label"], r["speedup"]) for r in rows if r["speedup"]]
+    if not gnuplot or not bars:
+        return False
+    data = "\n".join(f'"{label}" {v:.4f}' for label, v in reversed(bars)) + "\n"
+    script = f"""
+set terminal pngcairo size 1100,{120 + 34 * len(bars)} font "DejaVu Sans,10"
+set output "{path}"
+set title "mproc vs CPython multiprocessing: how many times faster (log scale; 1 = same speed)"
+set style fill solid 0.8 noborder
+set logscale x 10
+set xrange [0.5:{max(v for _, v in bars) * 3:.1f}]
+set yrange [-0.7:{len(bars) - 0.3}]
+set grid xtics
+set key off
+set arrow from 1, graph 0 to 1, graph 1 nohead dt 2 lc rgb "#cc0000"
+set arrow from 10, graph 0 to 10, graph 1 nohead dt 3 lc rgb "#008800"
+plot "-" using (0.5 * ($2 + 0.5)):0:(0.5):($2):($0 - 0.35):($0 + 0.35):ytic(1) with boxxyerror lc rgb "#3465a4", \\
+     "-" using ($2 * 1.08):0:(sprintf("%.1f×", $2)) with labels left font ",9"
+{data}e
+{data}e
+"""
+    r = subprocess.run([gnuplot], input=script, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(f"compare: gnuplot failed: {r.stderr[-2000:]}\n")
+        return False
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default="build", help="CMake build directory (default: build)")
@@ -407,9 +439,15 @@ values were taken seconds apart), so they need not equal the ratio of the
 median columns. Both sides use `fork` for the ping-pong and bandwidth children. The
 ping-pong sends a small `int` and receives it back; `Pipe()` is duplex (a
 Unix socketpair in both CPython and mproc); the other row uses two one-way
-`Pipe(false)` connections (CPython makes those with `os.pipe()`; mproc's
-transport for them is whatever `src/connection.cpp` picks). The issue's floor
-is the raw pipe ping-pong; the socketpair floor is listed below for reference.
+`Pipe(false)` connections (both CPython and mproc make those with a kernel
+pipe). The issue's floor is the raw pipe ping-pong; the socketpair floor is
+listed below for reference: a duplex `Pipe()` cannot beat it, and mproc's
+duplex round trip sits on it. Note on the "≥ 4× CPython's Pipe" target: it was
+set against a CPython round trip of 89 µs (`../shared/anchors/`); on this
+machine CPython's own pipe round trip is only about 3× the raw pipe floor, so
+4× faster than CPython would be faster than the kernel pipe itself. No
+kernel-transport `Connection` can meet it here; the measured ratio is shown
+as it is.
 
 ## Floors
 
@@ -461,6 +499,10 @@ The reference figures in `../shared/anchors/README.md` were measured on a
 machine of the same kind; quote ratios only from one run like this one.
 """
     path = os.path.join(ROOT, "docs", "benchmarks.md")
+    chart = os.path.join(ROOT, "docs", "benchmarks.png")
+    if draw_chart(rows, chart):
+        doc = doc.replace("## mproc vs CPython vs the floor\n",
+                          "## mproc vs CPython vs the floor\n\n![CPython/mproc per workload](benchmarks.png)\n", 1)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(doc)

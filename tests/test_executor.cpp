@@ -8,6 +8,7 @@
 #include <numeric>
 #include <ranges>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -260,4 +261,41 @@ TEST(ExecutorThreads, FourSubmitterThreads) {
     for (int i = 0; i < kPer; ++i)
       ASSERT_EQ(got[static_cast<std::size_t>(t)][static_cast<std::size_t>(i)], 2L * (t * kPer + i) + 1);
   }
+}
+
+namespace {
+// CPU seconds used so far by a process (all its threads), from /proc.
+double cpu_seconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(in, line);
+  std::istringstream rest(line.substr(line.rfind(')') + 2));
+  std::string field;
+  long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::stol(field);
+    if (i == 15) stime = std::stol(field);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+}  // namespace
+
+// The spinning that makes tiny round trips fast must stop when work stops:
+// an idle pool (dispatcher and workers) uses next to no CPU.
+TEST(ExecutorBasics, IdlePoolCostsNoCpu) {
+  ProcessPoolExecutor ex(2);
+  for (int i = 0; i < 2000; ++i) ASSERT_EQ(ex.submit(square, 3).get(), 9);  // spinning paths in use
+  auto pids = ex.worker_pids();
+  ASSERT_EQ(pids.size(), 2u);
+  std::this_thread::sleep_for(50ms);  // spins end within a millisecond
+  auto total = [&] {
+    double s = cpu_seconds(::getpid());
+    for (pid_t p : pids) s += cpu_seconds(p);
+    return s;
+  };
+  const double before = total();
+  std::this_thread::sleep_for(1s);
+  const double used = total() - before;
+  EXPECT_LT(used, 0.05) << "an idle pool used " << used << " CPU seconds in one second";
+  EXPECT_EQ(ex.submit(square, 4).get(), 16);  // and it still serves at once
 }

@@ -518,17 +518,22 @@ struct Engine::Impl : Progress {
     const bool kill_now = terminating;
     lock.unlock();
     complete(done);
+    // Tell them all first, then reap: the workers exit side by side.
     for (auto& w : list) {
       if (!w) continue;
-      if (!kill_now) {
-        try {
-          w->conn.send(TaskBatch{{TaskMsg{kStop, {}}}});
-        } catch (const Error&) {
-        }
-        if (!w->proc.join(std::chrono::seconds(2))) w->proc.kill();
-      } else {
+      if (kill_now) {
         w->proc.kill();
+        continue;
       }
+      try {
+        w->conn.send(TaskBatch{{TaskMsg{kStop, {}}}});
+      } catch (const Error&) {
+      }
+    }
+    const auto grace = Clock::now() + std::chrono::seconds(2);
+    for (auto& w : list) {
+      if (!w) continue;
+      if (!kill_now && !w->proc.join(std::max(Clock::duration::zero(), grace - Clock::now()))) w->proc.kill();
       w->proc.join();
     }
   }

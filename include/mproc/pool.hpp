@@ -211,13 +211,14 @@ class Pool {
   ~Pool() { engine_.terminate(); }
 
   // fn over items, results in order; chunksize 0 = Python's default.
+  // (The blocking forms skip AsyncResult's per-chunk callbacks.)
   template <class F, std::ranges::input_range Range>
   auto map(F&& fn, const Range& items, std::size_t chunksize = 0) {
-    return map_async(std::forward<F>(fn), items, chunksize).get();
+    return chunked<std::decay_t<F>, std::ranges::range_value_t<Range>, false>(fn, items, chunksize);
   }
   template <class F, std::ranges::input_range Range>
   auto starmap(F&& fn, const Range& items, std::size_t chunksize = 0) {
-    return starmap_async(std::forward<F>(fn), items, chunksize).get();
+    return chunked<std::decay_t<F>, std::ranges::range_value_t<Range>, true>(fn, items, chunksize);
   }
   template <class F, std::ranges::input_range Range>
   auto map_async(F&& fn, const Range& items, std::size_t chunksize = 0) {
@@ -266,6 +267,12 @@ class Pool {
   std::size_t respawns() const noexcept { return engine_.respawns(); }
 
  private:
+  template <class F, class Item, bool Star, class Range>
+  auto chunked(const F& fn, const Range& items, std::size_t chunksize) {
+    if (chunksize == 0) chunksize = detail::default_chunksize(items, engine_.size());
+    auto chunks = detail::submit_chunks<F, Item, Star>(engine_, fn, items, chunksize);
+    return detail::concat_chunks(chunks, std::chrono::steady_clock::time_point::max());
+  }
   template <class F, class Item, bool Star, class Range>
   auto chunked_async(const F& fn, const Range& items, std::size_t chunksize) {
     using R = detail::stored_result_t<detail::chunk_result_t<F, Item, Star>>;

@@ -273,7 +273,9 @@ T from_bytes(std::span<const std::byte> in) {
 std::uint32_t type_fingerprint(const char* mangled_name) noexcept;
 template <class T>
 std::uint32_t type_fingerprint() noexcept {
-  return type_fingerprint(typeid(std::decay_t<T>).name());
+  // Hashes the mangled name once per type: it is on every message's path.
+  static const std::uint32_t fp = type_fingerprint(typeid(std::decay_t<T>).name());
+  return fp;
 }
 
 // The readable name of a type (demangled).

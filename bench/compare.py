@@ -59,6 +59,18 @@ ROWS = [
      TWO_FORKS, "2 × bare fork+_exit+waitpid", "time"),
     ("Pool(2) start+shutdown, forkserver", "pool_start_shutdown_2_forkserver", "BM_PoolStartShutdown/forkserver",
      TWO_FORKS, "2 × bare fork+_exit+waitpid", "time"),
+    # Issue 4: shared state (bench/bench_shared.cpp).
+    ("Queue 1→1, small messages", "queue_throughput_small", "BM_QueueThroughput", None, None, "rate"),
+    ("Queue round trip (put→get→put→get), idle consumer", "queue_pingpong", "BM_QueuePingPong",
+     "BM_RawFutexPingPong", "raw futex ping-pong", "time"),
+    ("Value += 1 under get_lock(), 2 processes", "value_lock_increments", "BM_ValueIncrementLocked2Proc",
+     None, None, "rate"),
+    ("64 MiB array to a worker (CPython: Pipe.send_bytes)", "pipe_bandwidth_64MiB", "BM_Array64MiBToWorker",
+     None, None, "bw"),
+    # Issue 5: managers (bench/bench_managers.cpp), over the local Unix socket.
+    ("Manager dict set+get pairs", "manager_dict_setget", "BM_ManagerDictSetGet/tcp:0", None, None, "rate"),
+    ("Manager dict: 10^5 items in one update (CPython: item by item)", "manager_dict_itemwise",
+     "BM_ManagerDictUpdate100k/tcp:0", None, None, "rate"),
 ]
 # Round trips are run a second time with both sides pinned to one CPU: on this
 # VM a cross-CPU wakeup costs ~35 µs and the scheduler flips between placing
@@ -71,11 +83,12 @@ FLOORS = [
     ("BM_RawPipePingPong", "1-byte ping-pong over two pipes", "time"),
     ("BM_RawSocketPingPong", "1-byte ping-pong over a socketpair", "time"),
     ("BM_RawSocketStream64MiB", "64 MiB over a socketpair + 1-byte ack", "bw"),
+    ("BM_RawFutexPingPong", "ping-pong through a shared futex word (wait/wake, no spin)", "time"),
     ("1cpu:BM_RawPipePingPong", "1-byte ping-pong over two pipes, both on 1 CPU", "time"),
     ("1cpu:BM_RawSocketPingPong", "1-byte ping-pong over a socketpair, both on 1 CPU", "time"),
 ]
 PY_UNIT_TO_SECONDS = {"ms/process": 1e-3, "us/roundtrip": 1e-6, "us/task": 1e-6, "ms/pool": 1e-3}
-PY_RATE_UNITS = {"tasks/s"}
+PY_RATE_UNITS = {"tasks/s", "msgs/s", "ops/s", "pairs/s", "items/s"}
 GB_UNIT_TO_S = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
@@ -376,6 +389,24 @@ def main():
         target(text, v, v is not None and (v >= need if field == "speedup" else v <= need))
     pool_target_table = "\n".join(["| target (issue 3) | measured | status |", "|---|---|---|", *targets])
 
+    # Issues 4 and 5: ratios to CPython, and the queue latency to its floor.
+    targets = []
+    for lbl, text, field, need in (
+            ("Queue 1→1, small messages", "Queue 1→1 ≥ 10× CPython's msgs/s", "speedup", 10.0),
+            ("Value += 1 under get_lock(), 2 processes", "Value += 1 under its lock ≥ 10× CPython", "speedup", 10.0),
+            ("64 MiB array to a worker (CPython: Pipe.send_bytes)",
+             "64 MiB array to a worker ≥ 10× CPython's Pipe.send_bytes", "speedup", 10.0),
+            ("Queue round trip (put→get→put→get), idle consumer",
+             "Queue latency within 2× of a raw futex ping-pong", "slowdown", 2.0),
+            ("Manager dict set+get pairs", "Manager dict set+get ≥ 5× CPython's Manager", "speedup", 5.0),
+            ("Manager dict: 10^5 items in one update (CPython: item by item)",
+             "Batched update of 10^5 items ≥ 50× CPython item by item", "speedup", 50.0)):
+        if lbl not in by:
+            continue
+        v = by[lbl][field]
+        target(text, v, v is not None and (v >= need if field == "speedup" else v <= need))
+    shared_target_table = "\n".join(["| target (issues 4, 5) | measured | status |", "|---|---|---|", *targets])
+
     print(table)
     print()
     print(floors)
@@ -383,6 +414,8 @@ def main():
     print(target_table)
     print()
     print(pool_target_table)
+    print()
+    print(shared_target_table)
     print(f"\n({args.rounds} interleaved rounds, {total:.0f} s; python: {py_header})", file=sys.stderr)
 
     if args.no_docs:
@@ -476,6 +509,23 @@ too.
 ## Targets (issue 3, Performance)
 
 {pool_target_table}
+
+## Targets (issues 4 and 5, Performance)
+
+{shared_target_table}
+
+Shared-state and manager rows: the queue carries 8-byte integers (CPython:
+small ints through `multiprocessing.Queue`, which pickles them and a feeder
+thread writes them to a pipe); the round trip puts into one queue, a child
+gets it and puts it into a second queue, the caller gets it back. The `Value`
+row counts the increments of both processes per second. The 64 MiB row is
+the bandwidth of making 64 MiB available to a worker: CPython sends the bytes
+through a `Pipe`; mproc passes an `Array<double>` (a shared-memory handle of a
+few dozen bytes) to a pool task that reads the last element. The manager
+rows: one `d[k] = v` plus one `d[k]` per pair, over the manager's Unix socket
+(CPython: its default, also a Unix socket); the batch row is mproc's
+`update()` of 10^5 items in one round trip against CPython setting items one
+at a time (CPython has no batched form), both as items per second.
 
 The pool rows use trivial `int` identity tasks, as `../shared/anchors/python_mp_bench.py`:
 the round trip submits one task to a 1-worker executor and waits for it; the

@@ -162,6 +162,95 @@ def bench_pool_start(method, n):
     return dt / n * 1e3
 
 
+def _consume(q, n):
+    for _ in range(n):
+        q.get()
+
+
+def bench_queue_throughput(n):
+    """1 producer (this process) -> 1 consumer, small ints, as the anchor."""
+    q = mp.Queue()
+    p = mp.get_context("fork").Process(target=_consume, args=(q, n))
+    p.start()
+    t = time.perf_counter()
+    for i in range(n):
+        q.put(i)
+    p.join()
+    return n / (time.perf_counter() - t)
+
+
+def _echo(inq, outq):
+    while True:
+        v = inq.get()
+        if v is None:
+            return
+        outq.put(v)
+
+
+def bench_queue_pingpong(n):
+    """put -> get in a child -> put back -> get: the round trip, in µs."""
+    ctx = mp.get_context("fork")
+    to, back = ctx.Queue(), ctx.Queue()
+    p = ctx.Process(target=_echo, args=(to, back))
+    p.start()
+    to.put(0)
+    back.get()
+    t = time.perf_counter()
+    for i in range(n):
+        to.put(i)
+        back.get()
+    dt = time.perf_counter() - t
+    to.put(None)
+    p.join()
+    return dt / n * 1e6
+
+
+def _incr(v, n):
+    for _ in range(n):
+        with v.get_lock():
+            v.value += 1
+
+
+def bench_value_lock(n):
+    """Value += 1 under get_lock() in 2 processes: total increments/s."""
+    ctx = mp.get_context("fork")
+    v = ctx.Value("q", 0)
+    ps = [ctx.Process(target=_incr, args=(v, n)) for _ in range(2)]
+    t = time.perf_counter()
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join()
+    dt = time.perf_counter() - t
+    assert v.value == 2 * n
+    return 2 * n / dt
+
+
+def bench_manager_dict_setget(n):
+    """Manager().dict(): d[k] = v then d[k], pairs/s (2 round trips each)."""
+    with mp.Manager() as m:
+        d = m.dict()
+        d["key"] = 0
+        t = time.perf_counter()
+        for i in range(n):
+            d["key"] = i
+            d["key"]
+        dt = time.perf_counter() - t
+    return n / dt
+
+
+def bench_manager_dict_itemwise(n):
+    """What CPython has for a batch: n items set one by one, items/s."""
+    with mp.Manager() as m:
+        d = m.dict()
+        d[-1] = -1
+        t = time.perf_counter()
+        for i in range(n):
+            d[i] = i
+        dt = time.perf_counter() - t
+    return n / dt
+
+
 # name -> (function of the scale helper s, unit)
 WORKLOADS = {
     "process_start_join_fork": (lambda s: bench_process_start("fork", s(200)), "ms/process"),
@@ -176,6 +265,11 @@ WORKLOADS = {
     "executor_submit_throughput": (lambda s: bench_executor_throughput(s(20_000)), "tasks/s"),
     "pool_start_shutdown_2_fork": (lambda s: bench_pool_start("fork", s(30)), "ms/pool"),
     "pool_start_shutdown_2_forkserver": (lambda s: bench_pool_start("forkserver", s(20)), "ms/pool"),
+    "queue_throughput_small": (lambda s: bench_queue_throughput(s(100_000)), "msgs/s"),
+    "queue_pingpong": (lambda s: bench_queue_pingpong(s(10_000)), "us/roundtrip"),
+    "value_lock_increments": (lambda s: bench_value_lock(s(50_000)), "ops/s"),
+    "manager_dict_setget": (lambda s: bench_manager_dict_setget(s(5_000)), "pairs/s"),
+    "manager_dict_itemwise": (lambda s: bench_manager_dict_itemwise(s(10_000)), "items/s"),
 }
 
 

@@ -245,6 +245,9 @@ TEST(FuturesWait, FirstExceptionStopsAtTheFailure) {
   ProcessPoolExecutor ex(2);
   std::vector<Future<int>> fs{ex.submit(square, 2), ex.submit(throw_out_of_range, std::string("boom")),
                               ex.submit(gated, dir.file("gate"))};
+  // The first task must be done before the failure is seen (on a loaded
+  // machine the failing one could otherwise finish first).
+  ASSERT_EQ(fs[0].get(), 4);
   auto t0 = Clock::now();
   auto r = mproc::wait(fs, mproc::FIRST_EXCEPTION, 20s);
   EXPECT_LT(seconds_since(t0), 10.0);

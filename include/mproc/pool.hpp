@@ -86,8 +86,10 @@ class AsyncResult {
       }
     };
     {
+      // ready() as well as the flag: a waiter can see every part finished
+      // before the thread that finished the last one has run fire().
       std::lock_guard lock(s_->mu);
-      if (!s_->ready) {
+      if (!s_->ready && !ready()) {
         s_->on_ready.push_back(std::move(run));
         return;
       }

@@ -33,6 +33,12 @@ int main(int argc, char** argv) {
       {"Largest prime factors with ProcessPoolExecutor(4)", "prime_factors", {}},
       {"Pool.map, starmap and imap over twenty match analyses", "match_analysis", {}},
       {"A bad batch: a segfault and a runaway among twenty tasks", "bad_batch", {}},
+      {"Manager().dict(): a child sets status to \"completed\"", "manager_dict", {}},
+      {"Remote work board: a server program and two clients on loopback TCP", "work_board", {}},
+      {"A Value counter and an Array name changed by children under get_lock()", "shared_value", {}},
+      {"Queue messages from a child", "queue_messages", {}},
+      {"A producer/consumer pipeline with JoinableQueue", "pipeline", {}},
+      {"A parallel histogram into a shared Array", "histogram", {}},
       {"SHA-256 of a folder tree with Pool.imap, checked against sha256sum", "sha256_tree", {}},
       {"Resizing photos to 300x300 with Pool.map, beside CPython + Pillow", "resize_images", {}},
   };

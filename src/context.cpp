@@ -4,6 +4,7 @@
 #include <spawn.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -21,6 +22,7 @@ std::mutex g_mu;
 bool g_initialized = false;
 std::vector<std::string> g_argv;
 std::optional<StartMethod> g_method;  // set_start_method / init / env
+std::atomic<detail::InitHook> g_init_hook{nullptr};  // mproc_mpi's, when linked
 
 // Environment of a re-executed child: who it is and where its socket is.
 constexpr const char* kRole = "MPROC_ROLE";
@@ -113,7 +115,10 @@ void init(int argc, char** argv, const InitOptions& options) {
   // while another thread first fills it could inherit glibc's loader lock.
   (void)FunctionRef::of(&get_all_start_methods);
   if (method == StartMethod::forkserver) detail::start_forkserver_by_fork();
+  if (auto hook = g_init_hook.load()) hook(argc, argv);
 }
+
+void detail::register_init_hook(InitHook hook) noexcept { g_init_hook.store(hook); }
 
 bool initialized() noexcept {
   std::lock_guard lock(g_mu);

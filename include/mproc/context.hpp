@@ -33,6 +33,15 @@ void set_start_method(StartMethod method);
 StartMethod get_start_method();
 std::vector<StartMethod> get_all_start_methods();
 
+namespace detail {
+// Internal: called at the end of init() (after the fork server started, while
+// main is still single-threaded), outside re-executed children. The MPI
+// backend (mproc_mpi) registers one: ranks other than 0 become workers there
+// and never return. The core itself knows nothing of MPI.
+using InitHook = void (*)(int argc, char** argv);
+void register_init_hook(InitHook hook) noexcept;
+}  // namespace detail
+
 // A start method bound to the objects it makes (Python's get_context()).
 class Context {
  public:

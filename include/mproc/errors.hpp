@@ -87,3 +87,58 @@ class TimeoutError : public Error {
 };
 
 }  // namespace mproc
+
+// ---- shared state (shared_memory.hpp, synchronize.hpp, queues.hpp) --------
+namespace mproc {
+
+// A shared memory segment that cannot be created, attached or used; the
+// message names the segment and what was wrong.
+class SharedMemoryError : public Error {
+ public:
+  using Error::Error;
+};
+// Attaching by a name that no segment has (Python's FileNotFoundError).
+class SharedMemoryNotFound : public SharedMemoryError {
+ public:
+  using SharedMemoryError::SharedMemoryError;
+};
+// Creating a segment whose name is taken (Python's FileExistsError).
+class SharedMemoryExists : public SharedMemoryError {
+ public:
+  using SharedMemoryError::SharedMemoryError;
+};
+// A name that is empty, too long, or contains '/'.
+class InvalidSharedMemoryName : public SharedMemoryError {
+ public:
+  using SharedMemoryError::SharedMemoryError;
+};
+
+// Queue.put_nowait on a full queue / get_nowait on an empty one (queue.Full, queue.Empty).
+class Full : public Error {
+ public:
+  using Error::Error;
+};
+class Empty : public Error {
+ public:
+  using Error::Error;
+};
+
+// A Barrier that was aborted, reset, or timed out while parties waited.
+class BrokenBarrierError : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace mproc
+
+// ---- managers and authenticated connections (listener.hpp, managers.hpp) ----
+namespace mproc {
+
+// The HMAC challenge on a Listener/Client connection failed: the other side
+// holds another authkey, or sent something that is not a handshake message.
+class AuthenticationError : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace mproc

@@ -1,0 +1,95 @@
+// SharedMemory: Python's multiprocessing.shared_memory.SharedMemory, without
+// its leaks.
+//
+//   auto shm = mproc::SharedMemory::create("frames", 1 << 20);  // /dev/shm/frames
+//   auto same = mproc::SharedMemory::attach("frames");          // any process
+//   mproc::SharedMemory anon(4096);                             // memfd, no name
+//   std::span<std::byte> b = shm.buf();
+//   shm.close(); shm.unlink();
+//
+// - Named segments are POSIX shm objects (files in /dev/shm, as shm_open
+//   makes them; $MPROC_SHM_DIR names another tmpfs directory), attachable by
+//   name from any process; the handle a child receives names the directory. A 4 KiB header page before buf() records the size and the
+//   creator (pid + start time). Only unlink() removes a name; attaching or
+//   closing never does (CPython's resource_tracker unlinks live segments).
+// - The tracker: creating a named segment first sweeps /dev/shm for mproc
+//   segments whose creator died without unlinking them, so /dev/shm never
+//   fills. cleanup_leaked_segments() runs the sweep on demand. Pass
+//   track=false to create a segment meant to outlive its creator.
+// - Anonymous segments are memfds: no name, nothing to leak; they reach a
+//   child inherited (fork) or passed as an fd (spawn, forkserver).
+// - Copies share one mapping; it goes away with the last copy or close().
+// - A SharedMemory (or anything built on one: Value, Array, locks, queues)
+//   given to a Process target or a pool task travels as a handle, never as a
+//   copy of the data: a named one by name, an anonymous one as its fd (to a
+//   Process) or as /proc/<pid>/fd/<n> of a live holder (to a pool task,
+//   whose arguments carry no fds; the sender must keep it open until then).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "mproc/errors.hpp"
+#include "mproc/serialize.hpp"
+
+namespace mproc {
+
+namespace detail {
+struct Segment;
+}
+
+class SharedMemory {
+ public:
+  static constexpr std::size_t kHeaderSize = 4096;
+  static constexpr std::string_view kGeneratedPrefix = "mproc_";
+
+  SharedMemory() = default;
+  // Anonymous (memfd) segment of size bytes, zero-filled.
+  explicit SharedMemory(std::size_t size);
+  // Python's SharedMemory(name, create, size): create (name "" picks a
+  // fresh name) or attach (size 0: the whole segment).
+  SharedMemory(std::string_view name, bool create, std::size_t size = 0, bool track = true);
+  static SharedMemory create(std::string_view name, std::size_t size, bool track = true) {
+    return SharedMemory(name, true, size, track);
+  }
+  static SharedMemory attach(std::string_view name, std::size_t size = 0) { return SharedMemory(name, false, size); }
+
+  std::span<std::byte> buf() const;
+  std::byte* data() const { return buf().data(); }
+  std::size_t size() const;
+  const std::string& name() const;  // empty when anonymous
+  bool anonymous() const;
+  // The segment's fd (owned by this handle; valid until close()).
+  int fileno() const;
+  bool closed() const noexcept { return !seg_; }
+  // Drops this handle's mapping (and fd); the segment lives on elsewhere.
+  void close() noexcept { seg_.reset(); }
+  // Removes the name (named segments; mappings stay valid). Throws
+  // SharedMemoryNotFound when it is already gone.
+  void unlink();
+
+  void save(OutputArchive& ar) const;
+  void load(InputArchive& ar);
+
+ private:
+  SharedMemory(std::string_view name, bool create, std::size_t size, bool track, std::string dir);
+  const detail::Segment& seg(const char* op) const;
+  std::shared_ptr<detail::Segment> seg_;
+};
+
+// The tracker's sweep: removes the mproc segments in /dev/shm (or
+// $MPROC_SHM_DIR) whose creator died without unlinking them. Returns how many
+// were removed.
+std::size_t cleanup_leaked_segments();
+std::size_t cleanup_leaked_segments(const std::string& dir);
+
+namespace detail {
+// Checks a segment name: not empty, at most 255 bytes, no '/' and not "." or
+// "..". Throws InvalidSharedMemoryName naming the problem.
+void check_shm_name(std::string_view name);
+}  // namespace detail
+
+}  // namespace mproc

@@ -1,0 +1,90 @@
+// Manager server internals: the object table, the request dispatcher and the
+// built-in servants. See docs/architecture.md ("Managers").
+//
+// Request frame (raw bytes on an authenticated Connection):
+//   u64 object id | str method | method arguments...
+// Reply frame:
+//   u8 0 | method reply...            on success
+//   u8 1 | str type name | str what   on failure (the caller rethrows it)
+// Object 0 is the server itself: create / release / count / ping / shutdown.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "mproc/listener.hpp"
+#include "mproc/managers.hpp"
+
+namespace mproc::detail {
+
+// The connection a call came on: blocking methods wait in slices and give up
+// when its peer hangs up, so a crashed client never pins a server thread (nor
+// takes a queue item it can no longer receive).
+struct CallContext {
+  int peer_fd = -1;
+  bool may_block = true;  // false under the fuzzer: every wait times out at once
+  bool peer_gone() const;
+};
+
+// Thrown by a wait whose caller has gone: the connection ends without a reply.
+struct PeerGone {};
+
+struct ServerConfig {
+  std::string authkey;
+  std::uint64_t max_message_size = std::uint64_t{64} << 20;
+  std::size_t max_connections = 512;
+  std::size_t max_objects = std::size_t{1} << 20;
+  std::shared_ptr<const TypeRegistry> types;
+};
+
+class Server {
+ public:
+  explicit Server(ServerConfig config);
+  // Handles one request frame's payload; returns the reply frame's payload.
+  // Never throws, except PeerGone.
+  Bytes handle(std::span<const std::byte> request, CallContext& ctx);
+  bool stopping() const noexcept { return stopping_.load(); }
+  const ServerConfig& config() const noexcept { return config_; }
+  // The accept loop's eventfd; wake() pokes it (after a "shutdown" reply).
+  void set_wake_fd(int fd) noexcept { wake_fd_ = fd; }
+  void wake() noexcept;
+  // A "shutdown" was requested and its reply sent: the accept loop may end.
+  bool stop_ready() const noexcept { return stop_ready_.load(); }
+
+ private:
+  struct Entry {
+    std::shared_ptr<Servant> servant;
+    std::shared_ptr<std::mutex> lock;  // user objects: one call at a time
+  };
+  void server_call(std::string_view method, wire::Reader& args, Bytes& out);
+  Entry find(std::uint64_t id);
+
+  ServerConfig config_;
+  std::shared_mutex mu_;
+  std::unordered_map<std::uint64_t, Entry> objects_;
+  std::unordered_map<std::string, std::uint64_t> names_;
+  std::uint64_t next_id_ = 1;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> stop_ready_{false};
+  std::atomic<int> wake_fd_{-1};
+};
+
+// A built-in servant of that kind ("dict", "list", ...), from its init bytes.
+std::unique_ptr<Servant> make_builtin_servant(std::string_view kind, wire::Reader& init);
+
+// Accepts and serves until a client asks the server to stop.
+void serve(Listener& listener, ServerConfig config);
+
+// Fuzzing entry (also run by a normal test): data is a byte stream of frames
+// as a client would send them after authentication; each is decoded by the
+// real Connection reader and dispatched to a fresh in-process server holding
+// one object of every kind. Must never crash, hang or leak.
+void dispatch_for_fuzz(std::span<const std::byte> data);
+
+}  // namespace mproc::detail

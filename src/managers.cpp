@@ -1,0 +1,361 @@
+// Manager (start / connect / serve_forever / shutdown) and the client side of
+// proxies: a per-process pool of authenticated connections per server.
+#include "mproc/managers.hpp"
+
+#include <fmt/format.h>
+#include <poll.h>
+#include <sched.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <map>
+#include <new>
+
+#include "manager_server.hpp"
+
+namespace mproc {
+
+namespace detail {
+
+struct Endpoint {
+  Address address;
+  std::string authkey;
+  pid_t pid = 0;
+  std::mutex mu;
+  std::vector<Connection> idle;
+};
+
+namespace {
+
+constexpr std::size_t kMaxIdle = 8;
+
+// The endpoints of this process, by (address, authkey), as CPython keeps a
+// connection per manager address: a pool task or a child that gets proxies
+// again and again reuses its authenticated connections. Manager::shutdown()
+// (and a connected manager's end) forgets its server's endpoint and closes
+// the idle connections; otherwise they last as long as the process.
+struct Registry {
+  std::mutex mu;
+  pid_t pid = 0;
+  std::map<std::string, std::shared_ptr<Endpoint>> endpoints;
+};
+
+std::string endpoint_key(const Address& address, const std::string& authkey) {
+  std::string key = address.to_string();
+  key.push_back('\0');
+  key += authkey;
+  return key;
+}
+
+Registry& registry() {
+  static Registry* r = [] {
+    auto* reg = new Registry;  // never destroyed: proxies may outlive static destruction
+    // A fork while another thread held the lock must not deadlock the child.
+    ::pthread_atfork(nullptr, nullptr, [] { new (&registry().mu) std::mutex; });
+    return reg;
+  }();
+  return *r;
+}
+
+std::shared_ptr<Endpoint> endpoint_for(const Address& address, const std::string& authkey) {
+  Registry& r = registry();
+  std::lock_guard lk(r.mu);
+  const pid_t me = ::getpid();
+  if (r.pid != me) {
+    r.endpoints.clear();  // the parent's: never used here
+    r.pid = me;
+  }
+  auto& slot = r.endpoints[endpoint_key(address, authkey)];
+  if (slot) return slot;
+  auto ep = std::make_shared<Endpoint>();
+  ep->address = address;
+  ep->authkey = authkey;
+  ep->pid = me;
+  slot = ep;
+  return ep;
+}
+
+Connection take(Endpoint& ep) {
+  {
+    std::lock_guard lk(ep.mu);
+    if (!ep.idle.empty()) {
+      Connection c = std::move(ep.idle.back());
+      ep.idle.pop_back();
+      return c;
+    }
+  }
+  try {
+    return Client(ep.address, ep.authkey);
+  } catch (const std::system_error& e) {
+    throw ConnectionClosed(fmt::format("manager at {} is unreachable: {}", ep.address.to_string(), e.what()));
+  }
+}
+
+void give_back(Endpoint& ep, Connection c) {
+  std::lock_guard lk(ep.mu);
+  if (ep.idle.size() < kMaxIdle) ep.idle.push_back(std::move(c));
+}
+
+// A reply usually comes within a few microseconds: waiting for it awake
+// (a bounded spin of non-blocking polls) saves the sleep/wake-up.
+void spin_for_reply(Connection& c) {
+  static const int spin_us = [] {
+    const char* e = std::getenv("MPROC_MANAGER_SPIN_US");
+    return e ? std::atoi(e) : 20;
+  }();
+  if (spin_us <= 0) return;
+  pollfd p{c.fileno(), POLLIN, 0};
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
+  do {
+    if (::poll(&p, 1, 0) != 0) return;
+    ::sched_yield();  // on a busy or single CPU, the peer runs now
+  } while (std::chrono::steady_clock::now() < until);
+}
+
+[[noreturn]] void throw_remote(std::string type, std::string message) {
+  if (type == "std::out_of_range") throw std::out_of_range(message);
+  if (type == "mproc::Empty") throw Empty(message);
+  if (type == "mproc::Full") throw Full(message);
+  if (type == "mproc::BrokenBarrierError") throw BrokenBarrierError(message);
+  if (type == "mproc::TimeoutError") throw TimeoutError(message);
+  throw RemoteError(std::move(type), std::move(message));
+}
+
+}  // namespace
+
+void forget_endpoint(const Address& address, const std::string& authkey) {
+  std::shared_ptr<Endpoint> ep;
+  {
+    Registry& r = registry();
+    std::lock_guard lk(r.mu);
+    if (r.pid != ::getpid()) return;
+    auto it = r.endpoints.find(endpoint_key(address, authkey));
+    if (it == r.endpoints.end()) return;
+    ep = std::move(it->second);
+    r.endpoints.erase(it);
+  }
+  std::vector<Connection> idle;
+  {
+    std::lock_guard lk(ep->mu);
+    idle.swap(ep->idle);
+  }
+}  // closed here, outside the locks
+
+std::shared_ptr<Endpoint> EndpointRef::get(const Address& address, const std::string& authkey) const {
+  std::lock_guard lk(mu_);
+  if (!ep_ || ep_->pid != ::getpid()) ep_ = endpoint_for(address, authkey);
+  return ep_;
+}
+
+ProxyBase::ProxyBase(Address address, std::string authkey, std::uint64_t id)
+    : address_(std::move(address)), authkey_(std::move(authkey)), id_(id) {}
+
+Bytes ProxyBase::request(std::string_view method) const {
+  Bytes r;
+  r.reserve(64 + method.size());
+  wire::put_u64(r, id_);
+  wire::put_str(r, method);
+  return r;
+}
+
+CallResult ProxyBase::call(Bytes&& request) const {
+  if (authkey_.empty() && address_.path.empty() && address_.host.empty())
+    throw std::logic_error("mproc: call through an empty proxy (default-constructed or moved from)");
+  auto ep = ep_.get(address_, authkey_);
+  Connection c = take(*ep);
+  CallResult res;
+  try {
+    c.send_bytes(request);
+    spin_for_reply(c);
+    res.bytes = c.recv_bytes();
+  } catch (const ConnectionClosed& e) {
+    throw ConnectionClosed(fmt::format("manager at {}: connection lost ({})", address_.to_string(), e.what()));
+  }
+  if (res.bytes.empty()) throw ProtocolError("manager: empty reply");
+  give_back(*ep, std::move(c));
+  if (res.bytes[0] == std::byte{0}) return res;
+  wire::Reader rd(std::span<const std::byte>(res.bytes).subspan(1));
+  std::string type(rd.str());
+  std::string message(rd.str());
+  throw_remote(std::move(type), std::move(message));
+}
+
+}  // namespace detail
+
+// ---- Manager ---------------------------------------------------------------------
+
+namespace {
+
+// The forked server: keeps only stdio and the listening socket, serves, exits.
+[[noreturn]] void run_forked_server(Listener& listener, detail::ServerConfig& config) {
+  const int lfd = listener.fileno();
+  if (lfd > 3) ::close_range(3, static_cast<unsigned>(lfd - 1), 0);
+  ::close_range(static_cast<unsigned>(lfd + 1), ~0u, 0);
+  listener.set_path_owner(::getpid());  // a socket path is the server's to unlink
+  int code = 0;
+  try {
+    detail::serve(listener, std::move(config));
+  } catch (...) {
+    code = 1;
+  }
+  listener.close();
+  ::_exit(code);
+}
+
+std::string random_name() {
+  std::string key = random_authkey();
+  std::string out;
+  for (int i = 0; i < 8; ++i) out += fmt::format("{:02x}", static_cast<unsigned char>(key[static_cast<std::size_t>(i)]));
+  return out;
+}
+
+}  // namespace
+
+Manager::Manager() : Manager(ManagerOptions{}) {}
+
+Manager::Manager(ManagerOptions options)
+    : options_(std::move(options)), types_(std::make_shared<detail::TypeRegistry>()) {}
+
+Manager::Manager(Manager&& o) noexcept
+    : options_(std::move(o.options_)),
+      address_(std::move(o.address_)),
+      authkey_(std::move(o.authkey_)),
+      state_(std::exchange(o.state_, State::idle)),
+      types_(std::move(o.types_)),
+      server_(std::move(o.server_)),
+      root_(std::move(o.root_)) {}
+
+Manager& Manager::operator=(Manager&& o) noexcept {
+  if (this != &o) {
+    try {
+      shutdown();
+    } catch (...) {
+    }
+    options_ = std::move(o.options_);
+    address_ = std::move(o.address_);
+    authkey_ = std::move(o.authkey_);
+    state_ = std::exchange(o.state_, State::idle);
+    types_ = std::move(o.types_);
+    server_ = std::move(o.server_);
+    root_ = std::move(o.root_);
+  }
+  return *this;
+}
+
+Manager::~Manager() {
+  try {
+    shutdown();
+  } catch (...) {
+  }
+}
+
+void Manager::start() {
+  if (state_ != State::idle) throw std::logic_error("Manager::start: the manager is already running");
+  authkey_ = options_.authkey.empty() ? random_authkey() : options_.authkey;
+  Address where = options_.address.value_or(
+      Address::unix_socket(fmt::format("@mproc-manager-{}-{}", ::getpid(), random_name())));
+  auto listener = std::make_shared<Listener>(where, authkey_);
+  address_ = listener->address();
+  detail::ServerConfig config;
+  config.authkey = authkey_;
+  config.max_message_size = options_.max_message_size;
+  config.max_connections = options_.max_connections;
+  config.types = types_;
+  ProcessOptions po;
+  po.name = "SyncManager";
+  po.daemon = true;
+  po.start_method = StartMethod::fork;
+  server_ = std::make_unique<Process>(po, [listener, config]() mutable { run_forked_server(*listener, config); });
+  server_->start();
+  listener->set_path_owner(0);
+  listener.reset();  // the server's now (the target, and its copy of the socket, go with start())
+  root_ = detail::ProxyBase(address_, authkey_, 0);
+  state_ = State::started;
+}
+
+void Manager::connect() {
+  if (state_ != State::idle) throw std::logic_error("Manager::connect: the manager is already running");
+  if (!options_.address) throw std::invalid_argument("Manager::connect: ManagerOptions::address is required");
+  address_ = *options_.address;
+  authkey_ = options_.authkey;
+  root_ = detail::ProxyBase(address_, authkey_, 0);
+  root_.call(root_.request("ping"));
+  state_ = State::connected;
+}
+
+void Manager::serve_forever(const std::function<void(const Address&)>& ready) {
+  if (state_ != State::idle) throw std::logic_error("Manager::serve_forever: the manager is already running");
+  if (!options_.address) throw std::invalid_argument("Manager::serve_forever: ManagerOptions::address is required");
+  authkey_ = options_.authkey;
+  Listener listener(*options_.address, authkey_);
+  address_ = listener.address();
+  detail::ServerConfig config;
+  config.authkey = authkey_;
+  config.max_message_size = options_.max_message_size;
+  config.max_connections = options_.max_connections;
+  config.types = types_;
+  state_ = State::serving;
+  struct Reset {
+    State& s;
+    ~Reset() { s = State::idle; }
+  } reset{state_};
+  if (ready) ready(address_);
+  detail::serve(listener, std::move(config));
+}
+
+void Manager::stop_server() {
+  require_running("stop_server");
+  root_.call(root_.request("shutdown"));
+}
+
+void Manager::shutdown() {
+  if (state_ == State::started && server_) {
+    try {
+      root_.call(root_.request("shutdown"));
+    } catch (const Error&) {  // already gone
+    }
+    if (!server_->join(std::chrono::seconds(5))) {
+      server_->kill();
+      server_->join();
+    }
+    server_.reset();
+  }
+  if (state_ == State::started || state_ == State::connected) {
+    detail::forget_endpoint(address_, authkey_);
+    root_ = detail::ProxyBase();
+    state_ = State::idle;
+  }
+}
+
+void Manager::require_running(const char* op) const {
+  if (state_ != State::started && state_ != State::connected)
+    throw std::logic_error(fmt::format("Manager::{}: start() or connect() the manager first", op));
+}
+
+detail::ProxyBase Manager::make(std::string_view kind, std::string_view name, std::string_view sig,
+                                const Bytes& init) {
+  require_running("create");
+  Bytes r = root_.request("create");
+  detail::wire::put_str(r, kind);
+  detail::wire::put_str(r, name);
+  detail::wire::put_str(r, sig);
+  r.insert(r.end(), init.begin(), init.end());
+  const std::uint64_t id = root_.call(std::move(r)).reader().u64();
+  return detail::ProxyBase(address_, authkey_, id);
+}
+
+void Manager::release(const detail::ProxyBase& proxy) {
+  require_running("release");
+  Bytes r = root_.request("release");
+  detail::wire::put_u64(r, proxy.id());
+  root_.call(std::move(r));
+}
+
+std::size_t Manager::object_count() {
+  require_running("object_count");
+  return detail::reply_u64(root_.call(root_.request("count")));
+}
+
+}  // namespace mproc

@@ -4,7 +4,8 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libcereal-dev libfmt-dev libssl-dev
       libgtest-dev libgmock-dev libbenchmark-dev python3 procps
-      libstb-dev python3-pil gnuplot-nox libopenmpi-dev openmpi-bin)
+      libstb-dev python3-pil gnuplot-nox libopenmpi-dev openmpi-bin
+      clang libclang-rt-14-dev)  # clang: the libFuzzer target (scripts/fuzz.sh)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

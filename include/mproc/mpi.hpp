@@ -155,7 +155,10 @@ class PoolExecutor {
   explicit PoolExecutor(unsigned max_workers) : PoolExecutor(PoolOptions{.max_workers = max_workers}) {}
   // The local executor's options, so switching the type is the only change.
   // What MPI ranks cannot do (per-task timeouts, recycling) is refused.
-  explicit PoolExecutor(const mproc::PoolOptions& o) : PoolExecutor(from_local(o)) {}
+  // (A template, so that a braced `{.max_workers = 2}` means mpi::PoolOptions.)
+  template <class O>
+    requires std::is_same_v<O, mproc::PoolOptions>
+  explicit PoolExecutor(const O& o) : PoolExecutor(from_local(o)) {}
   ~PoolExecutor() = default;  // shutdown(true)
 
   template <class F, class... A>

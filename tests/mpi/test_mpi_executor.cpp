@@ -225,13 +225,15 @@ TEST(MpiExecutor, LocalPoolOptionsAreAccepted) {
   REQUIRE_MPIRUN();
   mpi::PoolExecutor ex(mproc::PoolOptions{.max_workers = 1});
   EXPECT_EQ(ex.worker_ranks(), (std::vector<int>{1}));
+  static_assert(std::is_constructible_v<mpi::PoolExecutor, mpi::PoolOptions>);
+  static_assert(std::is_constructible_v<mpi::PoolExecutor, decltype(mproc::PoolOptions{.max_workers = 2})>);
   EXPECT_EQ(ex.submit(add, 1, 1).get(), 2);
   EXPECT_THROW(mpi::PoolExecutor(mproc::PoolOptions{.task_timeout = 1s}), mproc::Error);
 }
 
 TEST(MpiExecutor, OneExecutorAtATime) {
   REQUIRE_MPIRUN();
-  mpi::PoolExecutor ex;
+  mpi::PoolExecutor ex({.max_workers = 2});  // braced: mpi::PoolOptions
   EXPECT_THROW(mpi::PoolExecutor{}, mproc::Error);
   EXPECT_EQ(ex.submit(add, 1, 2).get(), 3);
 }

@@ -80,6 +80,8 @@ void BM_PoolMap(benchmark::State& state, int n, std::size_t chunksize) {
   state.SetItemsProcessed(state.iterations() * n);
 }
 BENCHMARK_CAPTURE(BM_PoolMap, chunksize1, 20000, 1)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_PoolMap, chunksize10, 200000, 10)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_PoolMap, chunksize100, 200000, 100)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_PoolMap, default_chunks, 200000, 0)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Start a Pool of 2 workers (both forked: their pids are known) and shut it

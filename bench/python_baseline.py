@@ -261,6 +261,8 @@ WORKLOADS = {
     "pipe_bandwidth_64MiB": (lambda s: bench_pipe_bandwidth(64 << 20, max(1, s(10))), "GB/s"),
     "pool_map_trivial_default_chunks": (lambda s: bench_pool_map(s(200_000), None), "tasks/s"),
     "pool_map_trivial_chunksize1": (lambda s: bench_pool_map(s(20_000), 1), "tasks/s"),
+    "pool_map_trivial_chunksize10": (lambda s: bench_pool_map(s(200_000), 10), "tasks/s"),
+    "pool_map_trivial_chunksize100": (lambda s: bench_pool_map(s(200_000), 100), "tasks/s"),
     "executor_submit_roundtrip": (lambda s: bench_executor_roundtrip(s(2_000)), "us/task"),
     "executor_submit_throughput": (lambda s: bench_executor_throughput(s(20_000)), "tasks/s"),
     "pool_start_shutdown_2_fork": (lambda s: bench_pool_start("fork", s(30)), "ms/pool"),

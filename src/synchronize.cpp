@@ -17,6 +17,7 @@
 namespace mproc {
 
 namespace {
+constexpr int kLockSpin = 100;  // trylocks before sleeping on a held lock
 using std::chrono::nanoseconds;
 
 // gettid() is a syscall: cache it per thread, and forget it in a forked child.
@@ -87,12 +88,20 @@ void SharedMutex::load(InputArchive& ar) {
 
 bool SharedMutex::acquire(Timeout timeout) const {
   if (!st_) throw Error("mproc: acquire on an empty (moved-from or default) lock");
-  int rc;
-  if (!timeout) {
-    rc = ::pthread_mutex_lock(&st_->m);
-  } else if (timeout->count() <= 0) {
+  // Critical sections here are short (a queue operation, Value += 1): a
+  // few trylocks first usually get the lock without the futex sleep and
+  // wake-up, which cost microseconds on both sides. Robust mutexes never
+  // spin by themselves (glibc has no adaptive robust kind).
+  int rc = ::pthread_mutex_trylock(&st_->m);
+  for (int i = 0; rc == EBUSY && i < kLockSpin && (!timeout || timeout->count() > 0); ++i) {
+    sys::cpu_relax();
     rc = ::pthread_mutex_trylock(&st_->m);
-  } else {
+  }
+  if (rc != EBUSY) {
+    // got it (or EOWNERDEAD, handled below)
+  } else if (!timeout) {
+    rc = ::pthread_mutex_lock(&st_->m);
+  } else if (timeout->count() > 0) {
     timespec abs = monotonic_after(*timeout);
     rc = ::pthread_mutex_clocklock(&st_->m, CLOCK_MONOTONIC, &abs);
   }

@@ -538,6 +538,12 @@ throughput row submits 10,000 (CPython: 20,000) to 2 workers, then gets them all
 Python's default chunksize (len / (4 × workers)). Pool start+shutdown builds a
 `Pool(2)`, waits until both workers are forked, then `close()` + `join()`
 (CPython: `Pool(2)`, `close()`, `join()`); its floor is twice `BM_BareFork`.
+Under `fork` the pool row stays above 2× that floor: a fork that `_exit`s at
+once pays no copy-on-write faults, while a live worker (and its parent, which
+keeps running) do (`perf record` shows `do_wp_page`, `copy_page_range` and
+page faults in the workers). Under `forkserver`, the default after
+`mproc::init`, the workers are forked from the small server process and the
+row is at about 2×.
 
 ## Reproduce
 

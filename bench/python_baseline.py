@@ -41,40 +41,34 @@ def bench_process_start(method, n):
     return dt / n * 1e3
 
 
-def _pong(conn):
+def _relay(get, put):
+    """The far side of every ping-pong: hands back what arrives until None."""
     while True:
-        m = conn.recv()
+        m = get()
         if m is None:
             return
-        conn.send(m)
+        put(m)
 
 
-def _pong2(inp, out):
-    while True:
-        m = inp.recv()
-        if m is None:
-            return
-        out.send(m)
-
-
-def _pingpong(out, inp, n):
-    out.send(1)
-    inp.recv()
+def _pingpong(put, get, n):
+    """The near side: n round trips through put/get, in µs each."""
+    put(1)
+    get()
     t = time.perf_counter()
     for i in range(n):
-        out.send(i)
-        inp.recv()
+        put(i)
+        get()
     dt = time.perf_counter() - t
-    out.send(None)
+    put(None)
     return dt / n * 1e6
 
 
 def bench_pipe_pingpong(n):
     a, b = mp.Pipe()
-    p = mp.get_context("fork").Process(target=_pong, args=(b,))
+    p = mp.get_context("fork").Process(target=_relay, args=(b.recv, b.send))
     p.start()
     b.close()
-    r = _pingpong(a, a, n)
+    r = _pingpong(a.send, a.recv, n)
     p.join()
     return r
 
@@ -82,11 +76,11 @@ def bench_pipe_pingpong(n):
 def bench_pipe_pingpong_simplex(n):
     down_r, down_w = mp.Pipe(False)
     up_r, up_w = mp.Pipe(False)
-    p = mp.get_context("fork").Process(target=_pong2, args=(down_r, up_w))
+    p = mp.get_context("fork").Process(target=_relay, args=(down_r.recv, up_w.send))
     p.start()
     down_r.close()
     up_w.close()
-    r = _pingpong(down_w, up_r, n)
+    r = _pingpong(down_w.send, up_r.recv, n)
     p.join()
     return r
 
@@ -179,30 +173,15 @@ def bench_queue_throughput(n):
     return n / (time.perf_counter() - t)
 
 
-def _echo(inq, outq):
-    while True:
-        v = inq.get()
-        if v is None:
-            return
-        outq.put(v)
-
-
 def bench_queue_pingpong(n):
     """put -> get in a child -> put back -> get: the round trip, in µs."""
     ctx = mp.get_context("fork")
     to, back = ctx.Queue(), ctx.Queue()
-    p = ctx.Process(target=_echo, args=(to, back))
+    p = ctx.Process(target=_relay, args=(to.get, back.put))
     p.start()
-    to.put(0)
-    back.get()
-    t = time.perf_counter()
-    for i in range(n):
-        to.put(i)
-        back.get()
-    dt = time.perf_counter() - t
-    to.put(None)
+    r = _pingpong(to.put, back.get, n)
     p.join()
-    return dt / n * 1e6
+    return r
 
 
 def _incr(v, n):

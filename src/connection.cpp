@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -310,6 +311,15 @@ bool Connection::poll(Timeout timeout) const {
   require_open("poll", true);
   if (pending_ || desync_ || rpos_ < rlen_) return true;
   return sys::wait_readable(fd_, timeout);
+}
+
+bool Connection::poll_spinning(std::chrono::microseconds spin) const {
+  const auto until = std::chrono::steady_clock::now() + spin;
+  do {
+    if (poll()) return true;
+    ::sched_yield();  // on a busy or single CPU, the peer runs now
+  } while (std::chrono::steady_clock::now() < until);
+  return false;
 }
 
 // ---- Pipe and wait ---------------------------------------------------------

@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <poll.h>
-#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -163,13 +162,7 @@ void spin_for_request(Connection& c) {
     const char* e = std::getenv("MPROC_MANAGER_SERVER_SPIN_US");
     return e ? std::atoi(e) : 20;
   }();
-  if (spin_us <= 0 || c.has_pending()) return;
-  pollfd p{c.fileno(), POLLIN, 0};
-  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
-  do {
-    if (::poll(&p, 1, 0) != 0) return;
-    ::sched_yield();  // on a busy or single CPU, the peer runs now
-  } while (std::chrono::steady_clock::now() < until);
+  if (spin_us > 0) c.poll_spinning(std::chrono::microseconds(spin_us));
 }
 
 void serve_client(const std::shared_ptr<Server>& server, Connection conn) {

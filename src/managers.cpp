@@ -3,8 +3,6 @@
 #include "mproc/managers.hpp"
 
 #include <fmt/format.h>
-#include <poll.h>
-#include <sched.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -105,13 +103,7 @@ void spin_for_reply(Connection& c) {
     const char* e = std::getenv("MPROC_MANAGER_SPIN_US");
     return e ? std::atoi(e) : 20;
   }();
-  if (spin_us <= 0) return;
-  pollfd p{c.fileno(), POLLIN, 0};
-  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
-  do {
-    if (::poll(&p, 1, 0) != 0) return;
-    ::sched_yield();  // on a busy or single CPU, the peer runs now
-  } while (std::chrono::steady_clock::now() < until);
+  if (spin_us > 0) c.poll_spinning(std::chrono::microseconds(spin_us));
 }
 
 [[noreturn]] void throw_remote(std::string type, std::string message) {

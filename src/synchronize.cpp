@@ -242,9 +242,9 @@ void Condition::init() {
   mem_ = SharedMemory(sizeof(State));
   st_ = new (mem_.buf().data()) State{};
 }
-Condition::Condition() : m_(SharedMemory(detail::kMutexStateSize), 0, true, true) { init(); }
-Condition::Condition(const Lock& lock) : m_(lock.mutex()) { init(); }
-Condition::Condition(const RLock& lock) : m_(lock.mutex()) { init(); }
+Condition::Condition() : LockBase(detail::SharedMutex(SharedMemory(detail::kMutexStateSize), 0, true, true)) { init(); }
+Condition::Condition(const Lock& lock) : LockBase(lock.mutex()) { init(); }
+Condition::Condition(const RLock& lock) : LockBase(lock.mutex()) { init(); }
 
 void Condition::load(InputArchive& ar) {
   ar(m_, mem_);

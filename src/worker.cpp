@@ -1,5 +1,4 @@
 // The pool worker: runs tasks in order until told to stop, EOF, or recycling.
-#include <sched.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -22,12 +21,7 @@ std::uint64_t resident_bytes() {
 // Tiny tasks arrive microseconds apart: poll a little before sleeping, so the
 // next one costs no wake-up. An idle worker still sleeps (no CPU).
 bool wait_for_task(Connection& conn) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
-  do {
-    if (conn.poll()) return true;
-    ::sched_yield();  // the engine may share this CPU: let it run
-  } while (std::chrono::steady_clock::now() < until);
-  return conn.poll(std::nullopt);
+  return conn.poll_spinning(std::chrono::microseconds(100)) || conn.poll(std::nullopt);
 }
 
 // Results go to the ring (no syscall); the socket carries what does not fit,

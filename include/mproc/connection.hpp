@@ -93,6 +93,11 @@ class Connection {
   // Whether a message (or EOF) is ready within timeout (default: no wait;
   // nullopt waits forever).
   bool poll(Timeout timeout = std::chrono::nanoseconds{0}) const;
+  // Polls without sleeping for up to `spin`, yielding the CPU between looks:
+  // true as soon as a message is ready, false when the time ran out. For a
+  // peer expected to answer within microseconds it saves a sleep and a
+  // wake-up (pool workers, manager clients and server).
+  bool poll_spinning(std::chrono::microseconds spin) const;
   void close() noexcept;
   bool closed() const noexcept { return fd_ < 0; }
   bool readable() const noexcept { return readable_; }

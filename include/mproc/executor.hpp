@@ -69,8 +69,9 @@ std::vector<R> concat_chunks(std::vector<Future<std::vector<R>>>& chunks, std::c
 }
 
 // Submits fn over items in chunks; each future holds one chunk's results.
-template <class F, class Item, bool Star, class Range>
-auto submit_chunks(Engine& engine, const F& fn, const Range& items, std::size_t chunksize) {
+// Any engine with submit_many(calls) serves (the local one, mpi's).
+template <class F, class Item, bool Star, class Range, class AnyEngine>
+auto submit_chunks(AnyEngine& engine, const F& fn, const Range& items, std::size_t chunksize) {
   using R = stored_result_t<chunk_result_t<F, Item, Star>>;
   std::vector<Future<std::vector<R>>> chunks;
   if (chunksize == 0) chunksize = 1;

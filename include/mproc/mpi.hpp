@@ -173,21 +173,8 @@ class PoolExecutor {
   template <class F, std::ranges::input_range Range>
   auto map(F&& fn, const Range& items, Timeout timeout = std::nullopt, std::size_t chunksize = 1) {
     using Item = std::ranges::range_value_t<Range>;
-    using Fn = std::decay_t<F>;
-    using R = mproc::detail::stored_result_t<mproc::detail::chunk_result_t<Fn, Item, false>>;
     const auto deadline = mproc::detail::deadline_after(timeout);
-    if (chunksize == 0) chunksize = 1;
-    std::vector<mproc::detail::Call> calls;
-    std::vector<Item> buf;
-    auto it = std::ranges::begin(items);
-    const auto end = std::ranges::end(items);
-    while (it != end) {
-      buf.clear();
-      for (; it != end && buf.size() < chunksize; ++it) buf.push_back(*it);
-      calls.push_back(mproc::detail::make_chunk_call<Fn, Item, false>(fn, buf.begin(), buf.end()));
-    }
-    std::vector<Future<std::vector<R>>> chunks;
-    for (auto& s : engine_.submit_many(std::move(calls))) chunks.emplace_back(std::move(s));
+    auto chunks = mproc::detail::submit_chunks<std::decay_t<F>, Item, false>(engine_, fn, items, chunksize);
     return mproc::detail::concat_chunks(chunks, deadline);
   }
 

@@ -167,18 +167,12 @@ class Event {
   State* st_ = nullptr;
 };
 
-class Condition {
+// The lock interface (acquire, lock, owner_died, ...) is its lock's.
+class Condition : public detail::LockBase {
  public:
   Condition();  // with a new RLock, as Python
   explicit Condition(const Lock& lock);
   explicit Condition(const RLock& lock);
-  bool acquire(bool block = true, Timeout timeout = std::nullopt) const {
-    return m_.acquire(block ? timeout : Timeout(std::chrono::nanoseconds{0}));
-  }
-  void release() const { m_.release(); }
-  void lock() const { m_.acquire(std::nullopt); }
-  bool try_lock() const { return m_.acquire(std::chrono::nanoseconds{0}); }
-  void unlock() const { m_.release(); }
   // With the lock held: releases it, sleeps until notified (or timeout:
   // false), takes it back. May wake spuriously; wait_for loops on a predicate.
   bool wait(Timeout timeout = std::nullopt) const;
@@ -198,14 +192,12 @@ class Condition {
   }
   void notify(unsigned n = 1) const;
   void notify_all() const;
-  bool owner_died() const { return m_.owner_died(); }
   void save(OutputArchive& ar) const { ar(m_, mem_); }
   void load(InputArchive& ar);
 
  private:
   struct State;
   void init();
-  detail::SharedMutex m_;
   SharedMemory mem_;
   State* st_ = nullptr;
 };

@@ -5,7 +5,7 @@ JOBS  ?= $(shell nproc)
 FUZZ_SECONDS ?= 30
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: deps configure build demo test bench clean
+.PHONY: deps configure build demo test bench package clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -27,6 +27,10 @@ test: build
 	  && echo "fuzz: $$(grep -E '^Done [0-9]+ runs' $(BUILD)/fuzz.log)" \
 	  || { tail -n 60 $(BUILD)/fuzz.log; echo "fuzz: FAILED (full log: $(BUILD)/fuzz.log)"; exit 1; }
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300
+
+# A Debian package of the library (libmproc-dev_<version>_<arch>.deb in $(BUILD)/).
+package: build
+	@cd $(BUILD) && cpack -G DEB >/dev/null && ls -1 $(CURDIR)/$(BUILD)/*.deb
 
 bench: build
 	@python3 bench/compare.py --build $(BUILD)

@@ -363,13 +363,15 @@ struct Engine::Impl : Progress {
     }
   }
 
-  // The engine kills a worker: its head (the task it runs) is settled now
-  // with `error`, so its death blames nothing more; a late result of the
-  // head is ignored.
-  void doom(Worker& w, const std::function<std::exception_ptr(std::uint64_t)>& error, Completions& done) {
+  // The engine kills a worker: the first `count` tasks of its queue (the one
+  // it runs, and for a fault those before it whose results are lost) are
+  // settled now with `error`, so its death blames nothing more; a late
+  // result of the last of them is ignored.
+  void doom(Worker& w, std::size_t count, const std::function<std::exception_ptr(std::uint64_t)>& error,
+            Completions& done) {
     if (w.doomed) return;
     w.doomed = true;
-    if (!w.flight.empty()) {
+    for (; count > 0 && !w.flight.empty(); --count) {
       auto head = std::move(w.flight.front());
       w.flight.pop_front();
       w.abandoned = head.task.state->id;
@@ -378,13 +380,20 @@ struct Engine::Impl : Progress {
     w.proc.kill();
   }
 
-  // A malformed record: the worker cannot be trusted any more. The task it
-  // runs fails (its result is lost), the worker dies.
+  // A malformed record: the worker cannot be trusted any more, and dies. The
+  // task it says it runs fails, and any before it, whose results cannot be
+  // read any more (a task that overwrote its ring took them along); if it
+  // names no task of its queue, the head fails (its result is the one that
+  // is malformed). Those after it never started: they run elsewhere.
   void fault(Worker& w, const std::string& what, Completions& done) {
     w.untrusted = true;
     w.partial = Bytes();
+    const std::uint64_t running = w.ring.running();
+    std::size_t count = 1;
+    for (std::size_t i = 0; i < w.flight.size(); ++i)
+      if (w.flight[i].task.state->id == running) count = i + 1;
     const pid_t pid = w.pid;
-    doom(w, [&](std::uint64_t id) { return std::make_exception_ptr(WorkerFault(id, pid, what)); }, done);
+    doom(w, count, [&](std::uint64_t id) { return std::make_exception_ptr(WorkerFault(id, pid, what)); }, done);
   }
 
   // Reads every result that is ready (never blocks), then hands out work.
@@ -412,7 +421,7 @@ struct Engine::Impl : Progress {
       if (w) w->ring.set_sleeping(true);
     doorbells_armed = true;
     for (auto& w : workers)
-      if (w && !w->ring.empty()) return false;
+      if (w && !w->untrusted && !w->ring.empty()) return false;  // an untrusted ring is never read again
     return true;
   }
 
@@ -457,7 +466,7 @@ struct Engine::Impl : Progress {
       if (w->doomed || w->flight.empty() || w->flight.front().deadline > now) continue;
       const auto limit = *w->flight.front().task.limit;
       const pid_t pid = w->pid;
-      doom(*w, [&](std::uint64_t id) { return std::make_exception_ptr(TaskTimeout(id, pid, limit)); }, done);
+      doom(*w, 1, [&](std::uint64_t id) { return std::make_exception_ptr(TaskTimeout(id, pid, limit)); }, done);
     }
     arm_timer();
   }
@@ -550,6 +559,7 @@ struct Engine::Impl : Progress {
 
   void loop() {
     epoll_event events[64];
+    unsigned quick_looks = 0;
     for (;;) {
       Completions done;
       std::vector<std::shared_ptr<TaskState>> cancelled;
@@ -569,7 +579,10 @@ struct Engine::Impl : Progress {
       complete(done);
       for (auto& c : cancelled) c->cancel();
       if (stop) return;
-      if (timeout_ms == 0) continue;
+      // Looking again at once still visits the epoll now and then: a
+      // sentinel (a death) must never wait behind a stream of results.
+      if (timeout_ms == 0 && ++quick_looks < 16) continue;
+      quick_looks = 0;
       int n = ::epoll_wait(epoll.get(), events, 64, timeout_ms);
       if (n < 0 && errno != EINTR) sys::throw_errno("epoll_wait");
       {

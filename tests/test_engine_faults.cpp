@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -89,15 +90,17 @@ inline int garbage_into_my_fds() {
   return 7;
 }
 
-// Overwrites the whole result ring (header and data) with 0xab.
+// Overwrites the whole result ring (header and data) with random bytes.
 inline int scribble_my_ring() {
+  std::mt19937_64 rng(::getpid());
   std::ifstream maps("/proc/self/maps");
   int hits = 0;
   for (std::string line; std::getline(maps, line);) {
     if (line.find("mproc-results") == std::string::npos) continue;
     unsigned long lo = 0, hi = 0;
     if (std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi) != 2) continue;
-    std::memset(reinterpret_cast<void*>(lo), 0xab, hi - lo);
+    auto* p = reinterpret_cast<std::uint64_t*>(lo);
+    for (std::size_t i = 0; i < (hi - lo) / 8; ++i) p[i] = rng();
     ++hits;
   }
   return hits;
@@ -126,13 +129,18 @@ void expect_pool_serves(ProcessPoolExecutor& ex) {
 // One worker: innocent tasks before (their results received), the culprit,
 // innocent tasks queued behind it on the same worker. Every innocent task
 // must succeed; returns the culprit's future.
+// settle_first: the innocent tasks before it are done before the culprit
+// is submitted (a task that overwrites the ring destroys results not read
+// yet: those are lost with it).
 template <class F>
-Future<int> culprit_among_innocents(ProcessPoolExecutor& ex, F culprit) {
+Future<int> culprit_among_innocents(ProcessPoolExecutor& ex, F culprit, bool settle_first = false) {
   for (int i = 0; i < 3; ++i) EXPECT_EQ(ex.submit(square, i).get(), i * i);
   // Warm the average task time down, so tasks travel several to a worker.
   for (int i = 0; i < 20; ++i) ex.submit(square, i).get();
   std::vector<Future<int>> before, after;
   for (int i = 0; i < 5; ++i) before.push_back(ex.submit(square, i));
+  if (settle_first)
+    for (auto& f : before) f.wait();
   auto bad = ex.submit(culprit);
   for (int i = 0; i < 20; ++i) after.push_back(ex.submit(square, i));
   for (int i = 0; i < 5; ++i) {
@@ -193,9 +201,13 @@ TEST(EngineFaults, ResultsRacingTheirDeadlinesAllSettle) {
       tiny.push_back(ex.submit(square, i));
     }
   }
+  // One deadline for all: the work takes seconds; 120 s is a margin for a
+  // loaded machine, not a measure.
+  const auto deadline = Clock::now() + 120s;
+  auto settles = [&](auto& f) { return f.wait_for(std::max(Clock::duration::zero(), deadline - Clock::now())); };
   std::size_t unsettled = 0, timed_out = 0;
   for (auto& f : raced) {
-    if (!f.wait_for(120s)) {
+    if (!settles(f)) {
       ++unsettled;
       continue;
     }
@@ -211,7 +223,7 @@ TEST(EngineFaults, ResultsRacingTheirDeadlinesAllSettle) {
   for (int i = 0; i < 3000; ++i) {
     if (i % 3 == 2) continue;
     auto& f = tiny[k++];
-    if (!f.wait_for(120s)) {
+    if (!settles(f)) {
       ++unsettled;
       continue;
     }
@@ -258,10 +270,12 @@ TEST(EngineFaults, TaskDup2OverItsWorkersFdsBlamesNoInnocentTask) {
 // socket, doorbell and ring memfd: it used to reach the engine as a
 // ProtocolError/MessageTooLarge and break the whole pool (BrokenPool for
 // every task). Now the socket is shut for writing on the worker's side and
-// the ring is checked: at most the culprit fails.
+// the ring is checked: at most the culprit fails. (The bytes written into the
+// ring's memfd overwrite its header: results not read by then are lost, so
+// the tasks before the culprit are settled first; see TaskOverwriting...)
 TEST(EngineFaults, TaskWritingGarbageIntoItsWorkersFdsBreaksNothingElse) {
   ProcessPoolExecutor ex(1);
-  auto bad = culprit_among_innocents(ex, garbage_into_my_fds);
+  auto bad = culprit_among_innocents(ex, garbage_into_my_fds, true);
   try {
     EXPECT_EQ(bad.get(), 7);
   } catch (const mproc::WorkerCrashed& e) {
@@ -274,7 +288,7 @@ TEST(EngineFaults, TaskWritingGarbageIntoItsWorkersFdsBreaksNothingElse) {
 TEST(EngineFaults, TaskOverwritingItsResultRingFailsAlone) {
   ProcessPoolExecutor ex(1);
   const pid_t before = ex.submit(my_pid).get();
-  auto bad = culprit_among_innocents(ex, scribble_my_ring);
+  auto bad = culprit_among_innocents(ex, scribble_my_ring, true);
   auto e = error_of<int, mproc::WorkerCrashed>(bad);
   ASSERT_TRUE(e) << "the task that overwrote its ring did not fail";
   EXPECT_EQ(e->task(), bad.id());

@@ -106,6 +106,7 @@ struct Worker {
   ResultRing ring;      // results, worker → engine
   sys::UniqueFd bell;   // the worker's doorbell (eventfd)
   Bytes partial;        // the chunks of a large result read so far
+  Bytes record;         // the last record read (kept: no allocation per result)
   pid_t pid = 0;
   std::deque<InFlight> flight;
   std::size_t queued_bytes = 0;  // payloads sent behind the running task
@@ -342,7 +343,7 @@ struct Engine::Impl : Progress {
   // worker's fault: the results before it were delivered, it dies.
   void drain_ring(Worker& w, Completions& done) {
     if (w.untrusted) return;
-    Bytes rec;
+    Bytes& rec = w.record;
     std::uint32_t flags = 0;
     try {
       while (w.ring.try_pop(rec, flags)) {
@@ -352,8 +353,9 @@ struct Engine::Impl : Progress {
         if (flags & ResultRing::kMore || !w.partial.empty()) {
           w.partial.insert(w.partial.end(), rec.begin(), rec.end());
           if (flags & ResultRing::kMore) continue;
-          rec = std::move(w.partial);
+          on_result(w, from_bytes<ResultMsg>(w.partial), done);
           w.partial = Bytes();
+          continue;
         }
         on_result(w, from_bytes<ResultMsg>(rec), done);
         if (broken) return;

@@ -3,24 +3,29 @@
 //
 //   submit() (any thread)                                      workers
 //   ─────────────────────                                      ───────
-//   pending.push(task); assign ──────────────TaskMsg─────────▶ run tasks in
+//   pending.push(task); assign ──────TaskMsg (socket)────────▶ run tasks in
 //     (up to kDepth tasks in flight per worker)                 order, spin
 //                                                                100 µs for
-//   Future::get() spinning: poll() ◀────────ResultMsg──────────  the next
+//   Future::get() spinning: poll() ◀────ResultMsg (ring)───────  the next
 //     reads ready results itself, finishes futures, assigns
 //     pending tasks (no thread hop: the round trip is two
 //     processes, each on its own CPU)
 //
 //   dispatcher thread (sleeps in epoll):
-//     results ready, nobody spinning → the same as poll()
-//     sentinel readable: the worker died → its first in-flight task fails
+//     doorbell (eventfd), nobody spinning → the same as poll()
+//     sentinel readable: the worker died → the task it said it ran fails
 //       with WorkerCrashed, the rest go back to pending, a new worker takes
 //       its slot (started from this long-lived thread: a child's death
 //       signal follows the thread that forked it)
-//     timerfd: a head task past its deadline → SIGKILL, TaskTimeout
+//     timerfd: a head task past its deadline → TaskTimeout, SIGKILL
 //
+// A task's and a worker's states: engine_state.hpp.
 // Futures are finished after the mutex is released, so a done-callback may
 // submit again.
+//
+// One worker's misbehaviour is that worker's death, never the pool's: a
+// malformed record, a result for a task it does not run, a result over the
+// limit make it `doomed` (killed; its running task fails with WorkerFault).
 #include "mproc/engine.hpp"
 
 #include <fmt/format.h>
@@ -34,9 +39,11 @@
 #include <condition_variable>
 #include <algorithm>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <thread>
 
+#include "engine_state.hpp"
 #include "pool_protocol.hpp"
 #include "result_ring.hpp"
 #include "sys/fd.hpp"
@@ -44,7 +51,6 @@
 namespace mproc::detail {
 
 namespace {
-using Clock = std::chrono::steady_clock;
 // Tasks in flight per worker: two, so a worker never waits for its next
 // task; up to kMaxDepth when many are pending (a map of tiny tasks), so
 // they travel in batches.
@@ -57,43 +63,9 @@ constexpr auto kQuiet = std::chrono::milliseconds(1);  // no waiter spun for thi
 constexpr std::size_t kQueuedBytes = 32 << 10;
 constexpr std::uint64_t kWake = ~std::uint64_t{0}, kTimer = kWake - 1, kResults = kWake - 2;
 
-struct Pending {
-  std::shared_ptr<TaskState> state;
-  Call call;
-  std::optional<std::chrono::nanoseconds> limit;
-};
-
-struct InFlight {
-  Pending task;
-  Clock::time_point started{};                            // when it headed the queue
-  Clock::time_point deadline = Clock::time_point::max();  // started + its limit
-};
-
-struct Worker {
-  Process proc;
-  Connection conn;
-  ResultRing ring;
-  std::deque<ResultMsg> early;  // large results read off the socket before their marker
-  pid_t pid = 0;
-  std::deque<InFlight> flight;
-  std::size_t queued_bytes = 0;  // payloads sent behind the running task
-  bool retiring = false;  // told us it exits after its last result
-  bool timed_out = false;
-};
-
-// Futures to finish once the mutex is released.
-struct Completion {
-  std::shared_ptr<TaskState> state;
-  Bytes result;
-  std::exception_ptr error;
-};
-using Completions = std::vector<Completion>;
-
-void complete(Completions& done) {
-  for (auto& c : done) c.state->finish(std::move(c.result), std::move(c.error));
-  done.clear();
-}
 }  // namespace
+
+using namespace engine_state;
 
 struct Engine::Impl : Progress {
   EngineOptions opt;
@@ -115,6 +87,7 @@ struct Engine::Impl : Progress {
   bool started = false;            // under mu: the first workers are up
   std::condition_variable started_cv;
   double avg_task_us = -1;         // under mu; -1 until a task has finished
+  bool timer_dirty = false;        // under mu: a head got a deadline since the timer was set
   std::atomic<std::uint64_t> next_id{1};
   std::thread thread;
   std::mutex join_mu;
@@ -129,18 +102,20 @@ struct Engine::Impl : Progress {
     auto w = std::make_unique<Worker>();
     auto [mine, theirs] = Pipe(true);
     w->ring = ResultRing::create();
+    w->bell = sys::UniqueFd(sys::check(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd(doorbell)"));
     ProcessOptions po;
     po.name = fmt::format("{}-{}", opt.name, ++worker_counter);
     po.daemon = true;  // killed, not joined, if the engine is torn down
     po.start_method = opt.start_method;
-    w->proc = Process(std::move(po), worker_main, std::move(theirs), config, PassedFd{w->ring.fd()});
+    w->proc = Process(std::move(po), worker_main, std::move(theirs), config, PassedFd{w->ring.fd()},
+                      PassedFd{w->bell.get()});
     w->proc.start();
     w->conn = std::move(mine);
     w->pid = w->proc.pid();
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u64 = slot;
-    sys::check(::epoll_ctl(results.get(), EPOLL_CTL_ADD, w->conn.fileno(), &ev), "epoll_ctl(conn)");
+    sys::check(::epoll_ctl(results.get(), EPOLL_CTL_ADD, w->bell.get(), &ev), "epoll_ctl(doorbell)");
     sys::check(::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, w->proc.sentinel(), &ev), "epoll_ctl(sentinel)");
     return w;
   }
@@ -155,7 +130,7 @@ struct Engine::Impl : Progress {
 
   void replace(std::size_t slot) {
     Worker& w = *workers[slot];
-    ::epoll_ctl(results.get(), EPOLL_CTL_DEL, w.conn.fileno(), nullptr);
+    ::epoll_ctl(results.get(), EPOLL_CTL_DEL, w.bell.get(), nullptr);
     ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, w.proc.sentinel(), nullptr);
     workers[slot].reset();
     if (!stopping()) {
@@ -167,27 +142,34 @@ struct Engine::Impl : Progress {
 
   // ---- tasks (under mu) ----------------------------------------------------
   void fail_all(const std::exception_ptr& error, Completions& done) {
-    for (auto& p : pending) done.push_back({std::move(p.state), {}, error});
+    for (auto& p : pending) settle(done, std::move(p.state), {}, error);
     pending.clear();
     for (auto& w : workers)
       if (w) {
-        for (auto& f : w->flight) done.push_back({std::move(f.task.state), {}, error});
+        for (auto& f : w->flight) settle(done, std::move(f.task.state), {}, error);
         w->flight.clear();
       }
   }
 
+  // The head of a worker's queue is the task it runs (it runs them in
+  // order): its deadline counts from now. The timer is set again before mu
+  // is released (assign, on_timer), wherever the head changed.
   void arm_head(Worker& w) {
     if (w.flight.empty()) return;
     auto& head = w.flight.front();
     if (head.started != Clock::time_point{}) return;
     head.started = Clock::now();
-    if (head.task.limit) head.deadline = head.started + *head.task.limit;
+    if (head.task.limit) {
+      head.deadline = head.started + *head.task.limit;
+      timer_dirty = true;
+    }
   }
 
   void arm_timer() {
+    timer_dirty = false;
     auto next = Clock::time_point::max();
     for (auto& w : workers)
-      if (w && !w->timed_out && !w->flight.empty()) next = std::min(next, w->flight.front().deadline);
+      if (w && !w->doomed && !w->flight.empty()) next = std::min(next, w->flight.front().deadline);
     itimerspec its{};
     if (next != Clock::time_point::max()) {
       auto ns = std::max<std::int64_t>(1, std::chrono::duration_cast<std::chrono::nanoseconds>(next - Clock::now()).count());
@@ -207,18 +189,22 @@ struct Engine::Impl : Progress {
   }
 
   void assign() {
+    hand_out();
+    if (timer_dirty) arm_timer();
+  }
+
+  void hand_out() {
     if (pending.empty()) return;
     std::size_t live = 0;
-    for (auto& w : workers) live += w && !w->retiring && !w->timed_out;
+    for (auto& w : workers) live += w && !w->retiring && !w->doomed;
     const std::size_t limit = depth(live);
     // Each round gives one task to the least loaded worker: idle ones first.
     std::vector<std::size_t> first(workers.size());
     for (std::size_t i = 0; i < workers.size(); ++i) first[i] = workers[i] ? workers[i]->flight.size() : 0;
-    bool armed = false;
     while (!pending.empty()) {
       Worker* best = nullptr;
       for (auto& w : workers)
-        if (w && !w->retiring && !w->timed_out && w->flight.size() < limit &&
+        if (w && !w->retiring && !w->doomed && w->flight.size() < limit &&
             (!best || w->flight.size() < best->flight.size()))
           best = w.get();
       if (!best) break;
@@ -228,7 +214,6 @@ struct Engine::Impl : Progress {
       pending.pop_front();
       if (!p.state->start_running()) continue;  // cancelled while pending
       if (!best->flight.empty()) best->queued_bytes += size;
-      armed = armed || p.limit.has_value();
       best->flight.push_back(InFlight{std::move(p)});
     }
     TaskBatch batch;
@@ -246,19 +231,29 @@ struct Engine::Impl : Progress {
       }
       arm_head(*w);
     }
-    if (armed) arm_timer();
   }
 
+  // Throws ProtocolError for a record this worker had no business sending
+  // (drain_ring makes it the worker's fault), before changing anything.
   void on_result(Worker& w, ResultMsg&& msg, Completions& done) {
     if (msg.id == 0) {  // the initializer failed: no point respawning
+      if (w.records != 0) throw ProtocolError("an initializer's failure after its results");
       ErrorInfo info = from_bytes<ErrorInfo>(msg.data);
       broken = std::make_exception_ptr(BrokenPool(
           fmt::format("pool initializer failed in worker {}: {}: {}", w.pid, info.type_name, info.message)));
       fail_all(broken, done);
       return;
     }
+    if (w.flight.empty() || w.flight.front().task.state->id != msg.id) {
+      if (msg.id == w.abandoned) return;  // its deadline fired first: settled already
+      throw ProtocolError(fmt::format("a result for task {}, which is not the task it runs", msg.id));
+    }
+    const std::uint64_t id = msg.id;
+    std::exception_ptr error;
+    if (msg.too_large) error = std::make_exception_ptr(ResultTooLarge(id, msg.too_large, max_result()));
+    else if (!msg.ok) error = std::make_exception_ptr(to_remote_error(from_bytes<ErrorInfo>(msg.data)));
+    ++w.records;
     if (msg.retiring) w.retiring = true;
-    if (w.flight.empty() || w.flight.front().task.state->id != msg.id) return;  // already failed (deadline)
     const double us = std::chrono::duration<double, std::micro>(Clock::now() - w.flight.front().started).count();
     avg_task_us = avg_task_us < 0 ? us : 0.8 * avg_task_us + 0.2 * us;
     auto task = std::move(w.flight.front().task.state);
@@ -266,65 +261,84 @@ struct Engine::Impl : Progress {
     // The next task now runs: it no longer waits in the socket.
     if (!w.flight.empty()) w.queued_bytes -= std::min(w.queued_bytes, w.flight.front().task.call.payload.size());
     arm_head(w);
-    if (msg.ok) done.push_back({std::move(task), std::move(msg.data), nullptr});
-    else done.push_back({std::move(task), {}, std::make_exception_ptr(to_remote_error(from_bytes<ErrorInfo>(msg.data)))});
+    if (error) settle(done, std::move(task), {}, std::move(error));
+    else settle(done, std::move(task), std::move(msg.data), nullptr);
   }
 
-  // The next large result, which the worker wrote on the socket before its
-  // marker in the ring.
-  ResultMsg socket_result(Worker& w) {
-    if (!w.early.empty()) {
-      ResultMsg m = std::move(w.early.front());
-      w.early.pop_front();
-      return m;
-    }
-    for (;;) {
-      ResultMsg m = w.conn.recv<ResultMsg>();
-      if (m.id != kDoorbell) return m;
-    }
+  std::uint64_t max_result() const {
+    return opt.max_result_bytes ? opt.max_result_bytes : Connection::kDefaultMaxMessageSize;
   }
 
-  // Results in the ring, in order; never blocks (but for a marker's result,
-  // which is already on the socket).
+  // Results in the ring, in order; never blocks. Anything malformed is the
+  // worker's fault: the results before it were delivered, it dies.
   void drain_ring(Worker& w, Completions& done) {
-    Bytes rec;
+    if (w.untrusted) return;
+    Bytes& rec = w.record;
     std::uint32_t flags = 0;
     try {
-      while (w.ring.try_pop(rec, flags))
-        on_result(w, flags ? socket_result(w) : from_bytes<ResultMsg>(rec), done);
-    } catch (const ConnectionClosed&) {
-      // died while writing a large result: that task counts as crashed
-    }
-  }
-
-  // The socket: doorbells, an initializer's failure, large results.
-  void drain_socket(Worker& w, Completions& done) {
-    try {
-      while (w.conn.poll()) {
-        ResultMsg m = w.conn.recv<ResultMsg>();
-        if (m.id == 0) on_result(w, std::move(m), done);
-        else if (m.id != kDoorbell) w.early.push_back(std::move(m));
+      while (w.ring.try_pop(rec, flags)) {
+        if (w.partial.size() + rec.size() > max_result() + 64)  // 64: the ResultMsg around the value
+          throw ProtocolError(fmt::format("a result of more than {} bytes, over the pool's limit of {} bytes",
+                                          w.partial.size() + rec.size(), max_result()));
+        if (flags & ResultRing::kMore || !w.partial.empty()) {
+          w.partial.insert(w.partial.end(), rec.begin(), rec.end());
+          if (flags & ResultRing::kMore) continue;
+          on_result(w, from_bytes<ResultMsg>(w.partial), done);
+          w.partial = Bytes();
+          continue;
+        }
+        on_result(w, from_bytes<ResultMsg>(rec), done);
+        if (broken) return;
       }
-    } catch (const ConnectionClosed&) {
-      // the worker is gone; its sentinel says how
+    } catch (const std::exception& e) {
+      fault(w, e.what(), done);
     }
   }
 
-  void drain(Worker& w, Completions& done) {
-    drain_socket(w, done);
-    drain_ring(w, done);
+  // The engine kills a worker: the first `count` tasks of its queue (the one
+  // it runs, and for a fault those before it whose results are lost) are
+  // settled now with `error`, so its death blames nothing more; a late
+  // result of the last of them is ignored.
+  void doom(Worker& w, std::size_t count, const std::function<std::exception_ptr(std::uint64_t)>& error,
+            Completions& done) {
+    if (w.doomed) return;
+    w.doomed = true;
+    for (; count > 0 && !w.flight.empty(); --count) {
+      auto head = std::move(w.flight.front());
+      w.flight.pop_front();
+      w.abandoned = head.task.state->id;
+      settle(done, std::move(head.task.state), {}, error(w.abandoned));
+    }
+    w.proc.kill();
+  }
+
+  // A malformed record: the worker cannot be trusted any more, and dies. The
+  // task it says it runs fails, and any before it, whose results cannot be
+  // read any more (a task that overwrote its ring took them along); if it
+  // names no task of its queue, the head fails (its result is the one that
+  // is malformed). Those after it never started: they run elsewhere.
+  void fault(Worker& w, const std::string& what, Completions& done) {
+    w.untrusted = true;
+    w.partial = Bytes();
+    const std::uint64_t running = w.ring.running();
+    std::size_t count = 1;
+    for (std::size_t i = 0; i < w.flight.size(); ++i)
+      if (w.flight[i].task.state->id == running) count = i + 1;
+    const pid_t pid = w.pid;
+    doom(w, count, [&](std::uint64_t id) { return std::make_exception_ptr(WorkerFault(id, pid, what)); }, done);
   }
 
   // Reads every result that is ready (never blocks), then hands out work.
   // A spinning waiter reads only the rings (no syscall); the dispatcher also
-  // reads the sockets that epoll reported.
-  void collect(Completions& done, bool sockets) {
-    if (sockets) {
+  // clears the doorbells that epoll reported.
+  void collect(Completions& done, bool doorbells) {
+    if (doorbells) {
       epoll_event events[64];
       int n = ::epoll_wait(results.get(), events, 64, 0);
       for (int i = 0; i < n; ++i) {
         const std::size_t slot = events[i].data.u64;
-        if (slot < workers.size() && workers[slot]) drain_socket(*workers[slot], done);
+        std::uint64_t rings;
+        if (slot < workers.size() && workers[slot]) (void)::read(workers[slot]->bell.get(), &rings, sizeof rings);
       }
     }
     for (auto& w : workers)
@@ -339,26 +353,35 @@ struct Engine::Impl : Progress {
       if (w) w->ring.set_sleeping(true);
     doorbells_armed = true;
     for (auto& w : workers)
-      if (w && !w->ring.empty()) return false;
+      if (w && !w->untrusted && !w->ring.empty()) return false;  // an untrusted ring is never read again
     return true;
   }
 
   void on_death(std::size_t slot, Completions& done) {
     Worker& w = *workers[slot];
-    drain(w, done);
+    drain_ring(w, done);  // what it finished before dying is delivered
     w.proc.join();
     const int code = w.proc.exitcode().value_or(-1);
-    if (!w.flight.empty() && !w.retiring) {
-      auto head = std::move(w.flight.front());
-      w.flight.pop_front();
-      if (!w.timed_out) {
-        auto error = std::make_exception_ptr(WorkerCrashed(head.task.state->id, w.pid, code));
-        done.push_back({std::move(head.task.state), {}, error});
+    if (!w.doomed && !w.flight.empty()) {
+      // The task it said it ran (if still unanswered) killed it, and those
+      // before it ran too, though their results are lost: a worker runs its
+      // tasks in order. When it was between tasks nobody is to blame.
+      const std::uint64_t running = w.untrusted ? 0 : w.ring.running();
+      auto end = std::find_if(w.flight.begin(), w.flight.end(),
+                              [&](const InFlight& f) { return f.task.state->id == running; });
+      if (end != w.flight.end()) ++end;
+      else if (w.flight.front().task.requeues >= kMaxRequeues) end = w.flight.begin() + 1;
+      else end = w.flight.begin();
+      for (auto it = w.flight.begin(); it != end; ++it) {
+        const std::uint64_t id = it->task.state->id;
+        settle(done, std::move(it->task.state), {}, std::make_exception_ptr(WorkerCrashed(id, w.pid, code)));
       }
+      w.flight.erase(w.flight.begin(), end);
     }
     // What is left never started: back to the front of the queue, in order.
     for (auto it = w.flight.rbegin(); it != w.flight.rend(); ++it) {
       it->task.state->phase = TaskPhase::pending;
+      ++it->task.requeues;
       pending.push_front(std::move(it->task));
     }
     w.flight.clear();
@@ -370,12 +393,12 @@ struct Engine::Impl : Progress {
     (void)::read(timer.get(), &ticks, sizeof ticks);
     const auto now = Clock::now();
     for (auto& w : workers) {
-      if (!w || w->timed_out || w->flight.empty() || w->flight.front().deadline > now) continue;
-      auto& head = w->flight.front();
-      w->timed_out = true;
-      w->proc.kill();
-      done.push_back({head.task.state, {},
-                      std::make_exception_ptr(TaskTimeout(head.task.state->id, w->pid, *head.task.limit))});
+      if (!w || w->doomed || w->flight.empty() || w->flight.front().deadline > now) continue;
+      drain_ring(*w, done);  // a result that raced its deadline is delivered, not lost
+      if (w->doomed || w->flight.empty() || w->flight.front().deadline > now) continue;
+      const auto limit = *w->flight.front().task.limit;
+      const pid_t pid = w->pid;
+      doom(*w, 1, [&](std::uint64_t id) { return std::make_exception_ptr(TaskTimeout(id, pid, limit)); }, done);
     }
     arm_timer();
   }
@@ -468,6 +491,7 @@ struct Engine::Impl : Progress {
 
   void loop() {
     epoll_event events[64];
+    unsigned quick_looks = 0;
     for (;;) {
       Completions done;
       std::vector<std::shared_ptr<TaskState>> cancelled;
@@ -487,7 +511,10 @@ struct Engine::Impl : Progress {
       complete(done);
       for (auto& c : cancelled) c->cancel();
       if (stop) return;
-      if (timeout_ms == 0) continue;
+      // Looking again at once still visits the epoll now and then: a
+      // sentinel (a death) must never wait behind a stream of results.
+      if (timeout_ms == 0 && ++quick_looks < 16) continue;
+      quick_looks = 0;
       int n = ::epoll_wait(epoll.get(), events, 64, timeout_ms);
       if (n < 0 && errno != EINTR) sys::throw_errno("epoll_wait");
       {
@@ -546,6 +573,7 @@ Engine::Engine(EngineOptions options) : impl_(std::make_shared<Impl>()) {
   m.config.initializer = m.opt.initializer;
   m.config.max_tasks = m.opt.max_tasks_per_child;
   m.config.max_memory = m.opt.max_memory_per_child;
+  m.config.max_result = m.max_result();
   m.workers.resize(m.opt.workers);
   m.wake = sys::UniqueFd(sys::check(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd"));
   m.epoll = sys::UniqueFd(sys::check(::epoll_create1(EPOLL_CLOEXEC), "epoll_create1"));

@@ -9,6 +9,13 @@
 //   ◀── on status: {pid} + [pidfd] ──────  pidfd opened before any reap
 //   ◀── on status: {wait status} ────────  after SIGCHLD + waitpid
 //   client hangs up on status ──────────▶  SIGKILL the child (dies with its parent)
+//
+// The server belongs to the program, not to the thread that happened to start
+// it: it ends when every copy of the program's end of its socket is closed
+// (the program exited or died), never by PR_SET_PDEATHSIG, which follows the
+// creating THREAD (a pool's dispatcher that restarted the server would take
+// every pool's workers with it when it ends). A server that died is started
+// again by the next request; the requests in flight meanwhile are retried.
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -34,9 +41,10 @@
 namespace mproc::detail {
 
 namespace {
-std::mutex g_mu;  // guards starting the server
+std::mutex g_mu;  // guards starting the server and sending to it
 std::atomic<int> g_cmd_fd{-1};
 std::atomic<pid_t> g_server_pid{0};
+std::uint64_t g_generation = 0;  // under g_mu: servers started so far
 
 struct Reply {
   std::int32_t pid;
@@ -91,7 +99,9 @@ void reap_children(std::unordered_map<pid_t, int>& status_fds) {
 pid_t forkserver_pid() noexcept { return g_server_pid.load(); }
 
 void forkserver_main(int cmd_fd, pid_t owner) {
-  die_with_parent(owner);
+  // No death signal (see the top): the owner's exit closes cmd_fd. If it is
+  // gone already, the poll below reads end of file at once.
+  (void)owner;
   ::prctl(PR_SET_NAME, "mproc-forksrv");
   ::signal(SIGINT, SIG_IGN);  // Ctrl-C is for the program, not its server
   sigset_t chld;
@@ -179,14 +189,31 @@ void start_server(bool by_fork) {
   }
   g_server_pid = pid;
   g_cmd_fd = client.release();
+  ++g_generation;
   static bool registered = false;
   if (!registered) registered = std::atexit([] { stop_forkserver(); }) == 0;
 }
 
-void ensure_server(bool replace) {
+// Sends a request to the running server (starting one if none runs), under
+// g_mu so that no other thread replaces it meanwhile. Returns whether it was
+// sent, and to which server (its generation).
+std::pair<bool, std::uint64_t> send_request(std::span<const int> fds) {
   std::lock_guard lock(g_mu);
-  if (replace) drop_server();
   if (g_cmd_fd.load() < 0) start_server(!have_argv());
+  try {
+    sys::send_with_fds(g_cmd_fd.load(), "S", 1, fds);
+  } catch (const std::system_error&) {
+    return {false, g_generation};
+  }
+  return {true, g_generation};
+}
+
+// The server of `generation` died: replace it, unless another thread did.
+void restart_server(std::uint64_t generation) {
+  std::lock_guard lock(g_mu);
+  if (generation != g_generation) return;
+  drop_server();
+  start_server(!have_argv());
 }
 }  // namespace
 
@@ -207,27 +234,35 @@ void stop_forkserver() noexcept {
 }
 
 ServerChild forkserver_child(sys::UniqueFd child_ctrl) {
-  ensure_server(false);
-  auto [mine, theirs] = sys::socket_pair(SOCK_SEQPACKET);
-  const int fds[2] = {child_ctrl.get(), theirs.get()};
-  try {
-    sys::send_with_fds(g_cmd_fd.load(), "S", 1, fds);
-  } catch (const std::system_error&) {
-    // The server died (killed, or its starting thread ended): start another.
-    ensure_server(true);
-    sys::send_with_fds(g_cmd_fd.load(), "S", 1, fds);
+  // A server killed before it answered is restarted and asked again: the
+  // child it may have forked died with it, before reading its target.
+  constexpr int kAttempts = 3;
+  for (int attempt = 1;; ++attempt) {
+    auto [mine, theirs] = sys::socket_pair(SOCK_SEQPACKET);
+    const int fds[2] = {child_ctrl.get(), theirs.get()};
+    const auto [sent, generation] = send_request(fds);
+    if (!sent) {
+      if (attempt == kAttempts)
+        throw Error("mproc: the fork server died " + std::to_string(kAttempts) + " times in a row");
+      restart_server(generation);
+      continue;
+    }
+    theirs.reset();
+    Reply reply{};
+    sys::UniqueFd pidfd[1];
+    std::size_t nfds = 0;
+    std::size_t n = sys::recv_with_fds(mine.get(), &reply, sizeof reply, pidfd, nfds);
+    if (n != sizeof reply) {
+      if (attempt == kAttempts)
+        throw Error("mproc: the fork server (pid " + std::to_string(g_server_pid.load()) + ") did not answer");
+      restart_server(generation);
+      continue;
+    }
+    if (reply.err != 0) sys::throw_errno("fork (in the fork server)", reply.err);
+    if (nfds != 1) throw Error("mproc: the fork server sent no pidfd");
+    child_ctrl.reset();
+    return ServerChild{reply.pid, std::move(pidfd[0]), std::move(mine)};
   }
-  child_ctrl.reset();
-  theirs.reset();
-  Reply reply{};
-  sys::UniqueFd pidfd[1];
-  std::size_t nfds = 0;
-  std::size_t n = sys::recv_with_fds(mine.get(), &reply, sizeof reply, pidfd, nfds);
-  if (n != sizeof reply)
-    throw Error("mproc: the fork server (pid " + std::to_string(g_server_pid.load()) + ") did not answer");
-  if (reply.err != 0) sys::throw_errno("fork (in the fork server)", reply.err);
-  if (nfds != 1) throw Error("mproc: the fork server sent no pidfd");
-  return ServerChild{reply.pid, std::move(pidfd[0]), std::move(mine)};
 }
 
 std::optional<int> forkserver_exit_status(int status_fd) {

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <csignal>
+#include <cstring>
 #include <thread>
 
 namespace mproc {
@@ -12,6 +14,19 @@ WorkerCrashed::WorkerCrashed(std::uint64_t task, pid_t pid, int exitcode)
                          : fmt::format("task {}: worker {} exited with status {} while running it", task, pid,
                                        exitcode)),
       task_(task), pid_(pid), exitcode_(exitcode) {}
+
+WorkerCrashed::WorkerCrashed(const std::string& what, std::uint64_t task, pid_t pid, int exitcode)
+    : Error(what), task_(task), pid_(pid), exitcode_(exitcode) {}
+
+WorkerFault::WorkerFault(std::uint64_t task, pid_t pid, const std::string& what)
+    : WorkerCrashed(fmt::format("task {}: worker {} broke the pool protocol and was killed: {}", task, pid, what), task,
+                    pid, -SIGKILL) {}
+
+ResultTooLarge::ResultTooLarge(std::uint64_t task, std::uint64_t size, std::uint64_t limit)
+    : Error(fmt::format("task {}: its result is {} bytes, over the pool's limit of {} bytes "
+                        "(PoolOptions::max_result_bytes)",
+                        task, size, limit)),
+      task_(task), size_(size), limit_(limit) {}
 
 TaskTimeout::TaskTimeout(std::uint64_t task, pid_t pid, std::chrono::nanoseconds limit)
     : Error(fmt::format("task {}: ran past its {:.3f} s deadline; worker {} was killed", task,

@@ -1,15 +1,21 @@
 // Internal: what the pool engine and its workers say to each other.
 //
-//   engine → worker   TaskBatch{TaskMsg{id, call}...}   (id kStop: exit)
-//   worker → engine   ResultMsg{id, ok, retiring, data} in the shared
-//                     ResultRing (large ones on the socket, with a marker
-//                     in the ring), and a doorbell on the socket when the
-//                     engine sleeps
-//                     id 0: the initializer failed (data = ErrorInfo)
+//   engine → worker   TaskBatch{TaskMsg{id, call}...} on the socket
+//                     (id kStop: exit)
+//   worker → engine   ResultMsg{id, ok, retiring, too_large, data} in the
+//                     shared ResultRing only (large ones in chunks), and a
+//                     doorbell (eventfd) when the engine sleeps
+//                     id 0: the initializer failed (data = ErrorInfo); only
+//                       as a worker's first record
 //                     ok: data = the serialized result; else an ErrorInfo
+//                     too_large: the result was this many bytes, over the
+//                       pool's limit; data is empty
 //                     retiring: recycled after this task (max tasks / memory)
-// A worker runs its tasks in the order sent, so when it dies the first
-// unanswered task is the one that killed it; the others never started.
+// The worker shuts its socket for writing at start: a task that writes
+// garbage into the worker's fds cannot put a byte in front of the engine
+// (EPIPE or SIGPIPE, in the task that did it). A worker runs its tasks in the
+// order sent, and says in the ring which one it runs: when it dies, that one
+// is blamed; the others never started.
 #pragma once
 #include <cstdint>
 #include <limits>
@@ -22,7 +28,6 @@
 namespace mproc::detail {
 
 inline constexpr std::uint64_t kStop = std::numeric_limits<std::uint64_t>::max();
-inline constexpr std::uint64_t kDoorbell = kStop - 1;  // worker → engine: look at the ring
 
 struct TaskMsg {
   std::uint64_t id = 0;
@@ -58,10 +63,11 @@ struct ResultMsg {
   std::uint64_t id = 0;
   bool ok = false;
   bool retiring = false;
+  std::uint64_t too_large = 0;
   Bytes data;
   template <class A>
   void serialize(A& ar) {
-    ar(id, ok, retiring, data);
+    ar(id, ok, retiring, too_large, data);
   }
 };
 
@@ -69,13 +75,14 @@ struct WorkerConfig {
   std::optional<Call> initializer;
   unsigned max_tasks = 0;
   std::uint64_t max_memory = 0;
+  std::uint64_t max_result = 0;  // bytes of a serialized ResultMsg
   template <class A>
   void serialize(A& ar) {
-    ar(initializer, max_tasks, max_memory);
+    ar(initializer, max_tasks, max_memory, max_result);
   }
 };
 
 // The worker process's target.
-void worker_main(Connection conn, WorkerConfig config, PassedFd ring);
+void worker_main(Connection conn, WorkerConfig config, PassedFd ring, PassedFd doorbell);
 
 }  // namespace mproc::detail

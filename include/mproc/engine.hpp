@@ -23,6 +23,7 @@ struct EngineOptions {
   unsigned max_tasks_per_child = 0;              // 0: no limit
   std::size_t max_memory_per_child = 0;          // bytes of RSS; 0: no limit
   std::optional<std::chrono::nanoseconds> task_timeout;
+  std::size_t max_result_bytes = 0;              // 0: Connection::kDefaultMaxMessageSize
   std::string name = "PoolWorker";
 };
 

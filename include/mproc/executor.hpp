@@ -35,6 +35,7 @@ struct PoolOptions {
   std::optional<detail::Call> initializer = {};
   std::optional<std::chrono::nanoseconds> task_timeout = {};  // per task; submit can override
   std::optional<StartMethod> start_method = {};          // Python's mp_context
+  std::size_t max_result_bytes = 0;  // a larger result fails its task (ResultTooLarge); 0: 1 GiB
 };
 
 struct SubmitOptions {
@@ -50,6 +51,7 @@ inline EngineOptions engine_options(const PoolOptions& o, const char* name) {
   e.max_tasks_per_child = o.max_tasks_per_child;
   e.max_memory_per_child = o.max_memory_per_child;
   e.task_timeout = o.task_timeout;
+  e.max_result_bytes = o.max_result_bytes;
   e.name = name;
   return e;
 }

@@ -34,10 +34,35 @@ class WorkerCrashed : public Error {
   int exitcode() const noexcept { return exitcode_; }
   int signal() const noexcept { return exitcode_ < 0 ? -exitcode_ : 0; }
 
+ protected:
+  WorkerCrashed(const std::string& what, std::uint64_t task, pid_t pid, int exitcode);
+
  private:
   std::uint64_t task_;
   pid_t pid_;
   int exitcode_;
+};
+
+// The worker running a task broke the pool's protocol (its result ring
+// overwritten, a malformed or oversized record, a result for another task):
+// the engine killed it (exitcode -SIGKILL) and replaced it. Only that task
+// fails; what() says what was wrong.
+class WorkerFault : public WorkerCrashed {
+ public:
+  WorkerFault(std::uint64_t task, pid_t pid, const std::string& what);
+};
+
+// A task's result was larger than the pool's limit
+// (PoolOptions::max_result_bytes). Only that task fails; the worker goes on.
+class ResultTooLarge : public Error {
+ public:
+  ResultTooLarge(std::uint64_t task, std::uint64_t size, std::uint64_t limit);
+  std::uint64_t task() const noexcept { return task_; }
+  std::uint64_t size() const noexcept { return size_; }    // bytes of the serialized result
+  std::uint64_t limit() const noexcept { return limit_; }  // bytes
+
+ private:
+  std::uint64_t task_, size_, limit_;
 };
 
 // A task ran past its deadline; its worker was killed and replaced.

@@ -18,6 +18,7 @@
 #include <array>
 #include <cerrno>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <utility>
@@ -229,6 +230,21 @@ void Address::load(InputArchive& ar) {
 // ---- Listener ------------------------------------------------------------------
 
 Listener::Listener(Address address, std::string authkey, int backlog) : authkey_(std::move(authkey)) {
+  if (address.kind == Address::Kind::unix_socket && address.path.empty()) {
+    // A fresh 0700 directory: nobody else can even connect (CPython does the same).
+    const char* tmp = std::getenv("TMPDIR");
+    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/mproc-XXXXXX";
+    if (::mkdtemp(tmpl.data()) == nullptr) sys::throw_errno(fmt::format("mkdtemp({})", tmpl).c_str());
+    private_dir_ = tmpl;
+    address.path = private_dir_ + "/listener";
+  }
+  struct RemoveDirOnError {
+    std::string& dir;
+    bool armed = true;
+    ~RemoveDirOnError() {
+      if (armed && !dir.empty()) ::rmdir(dir.c_str());
+    }
+  } remove_dir{private_dir_};
   SockAddr sa = to_sockaddr(address);
   sys::UniqueFd fd(sys::check(::socket(sa.family, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
   if (sa.family != AF_UNIX) {
@@ -249,11 +265,12 @@ Listener::Listener(Address address, std::string authkey, int backlog) : authkey_
   address_ = std::move(address);
   owner_ = ::getpid();
   fd_ = fd.release();
+  remove_dir.armed = false;
 }
 
 Listener::Listener(Listener&& o) noexcept
     : fd_(std::exchange(o.fd_, -1)), address_(std::move(o.address_)), authkey_(std::move(o.authkey_)),
-      owner_(std::exchange(o.owner_, 0)) {}
+      owner_(std::exchange(o.owner_, 0)), private_dir_(std::exchange(o.private_dir_, {})) {}
 
 Listener& Listener::operator=(Listener&& o) noexcept {
   if (this != &o) {
@@ -262,6 +279,7 @@ Listener& Listener::operator=(Listener&& o) noexcept {
     address_ = std::move(o.address_);
     authkey_ = std::move(o.authkey_);
     owner_ = std::exchange(o.owner_, 0);
+    private_dir_ = std::exchange(o.private_dir_, {});
   }
   return *this;
 }
@@ -273,8 +291,10 @@ void Listener::close() noexcept {
   ::close(fd_);
   fd_ = -1;
   if (address_.kind == Address::Kind::unix_socket && !address_.path.empty() && address_.path[0] != '@' &&
-      owner_ == ::getpid())
+      owner_ == ::getpid()) {
     ::unlink(address_.path.c_str());
+    if (!private_dir_.empty()) ::rmdir(private_dir_.c_str());
+  }
 }
 
 int Listener::fileno() const {
@@ -288,7 +308,14 @@ Connection Listener::accept_unauthenticated() {
     int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (c >= 0) {
       if (address_.kind == Address::Kind::tcp) set_nodelay(c);
-      return Connection(c, true, true);
+      Connection conn(c, true, true);
+      if (address_.kind == Address::Kind::unix_socket) {
+        ucred cred{};
+        socklen_t len = sizeof cred;
+        if (::getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != ::geteuid())
+          return Connection();  // another user's process: closed before it can say anything
+      }
+      return conn;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;
     sys::throw_errno("accept4");
@@ -296,9 +323,12 @@ Connection Listener::accept_unauthenticated() {
 }
 
 Connection Listener::accept() {
-  Connection c = accept_unauthenticated();
-  detail::authenticate_server(c, authkey_);
-  return c;
+  for (;;) {
+    Connection c = accept_unauthenticated();
+    if (c.closed()) continue;  // refused: another user's process
+    detail::authenticate_server(c, authkey_);
+    return c;
+  }
 }
 
 // ---- Client --------------------------------------------------------------------

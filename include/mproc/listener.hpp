@@ -18,6 +18,12 @@
 // made it), "unix:@name" (the abstract namespace: nothing on disk),
 // "tcp://127.0.0.1:5000", "tcp://[::1]:5000". A TCP address without a host
 // binds loopback: serving other machines takes an explicit "0.0.0.0" / "::".
+// No address (Listener(authkey), or a Unix address with an empty path): a
+// socket in a fresh 0700 directory under $TMPDIR (as CPython), both removed
+// by close(): only this user can reach it.
+//
+// Unix sockets serve only this user: a peer whose uid (SO_PEERCRED) is not
+// ours is closed before the handshake; the authkey is still required.
 #pragma once
 #include <sys/types.h>
 
@@ -60,6 +66,8 @@ class Listener {
   // Binds and listens. Throws std::system_error (EADDRINUSE, ...) or
   // std::invalid_argument for a malformed address.
   Listener(Address address, std::string authkey, int backlog = 128);
+  // A private Unix socket (see above).
+  explicit Listener(std::string authkey) : Listener(Address{}, std::move(authkey)) {}
   Listener(Listener&&) noexcept;
   Listener& operator=(Listener&&) noexcept;
   Listener(const Listener&) = delete;
@@ -70,7 +78,8 @@ class Listener {
   // wrong or its handshake malformed or later than kHandshakeTimeout).
   Connection accept();
   // The next client with no handshake yet: for servers that authenticate on
-  // a thread of their own (then call detail::authenticate_server on it).
+  // a thread of their own (then call detail::authenticate_server on it). A
+  // closed Connection when the peer was another user's process (refused).
   Connection accept_unauthenticated();
   void close() noexcept;
   bool closed() const noexcept { return fd_ < 0; }
@@ -87,6 +96,7 @@ class Listener {
   Address address_;
   std::string authkey_;
   pid_t owner_ = 0;  // only the process that bound a path unlinks it
+  std::string private_dir_;  // the 0700 directory made for the socket, or empty
 };
 
 // Connects and authenticates. Throws std::system_error when nothing listens

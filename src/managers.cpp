@@ -305,6 +305,8 @@ void Manager::serve_forever(const std::function<void(const Address&)>& ready) {
   detail::serve(listener, std::move(config));
 }
 
+pid_t Manager::server_pid() const noexcept { return server_ ? server_->pid() : 0; }
+
 void Manager::stop_server() {
   require_running("stop_server");
   root_.call(root_.request("shutdown"));

@@ -28,9 +28,12 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "mproc/connection.hpp"
 #include "mproc/errors.hpp"
@@ -57,12 +60,16 @@ struct Address {
   void load(InputArchive& ar);
 };
 
-// How long a handshake may take before the peer is refused.
+// How long a handshake step may take before the peer is refused.
 inline constexpr std::chrono::seconds kHandshakeTimeout{10};
+// Listener::accept(): clients that have not answered their challenge yet, at
+// most this many (the oldest is dropped for a newcomer) and for this long.
+inline constexpr std::size_t kMaxPendingHandshakes = 32;
+inline constexpr std::chrono::seconds kHandshakeDeadline{3};
 
 class Listener {
  public:
-  Listener() = default;
+  Listener();
   // Binds and listens. Throws std::system_error (EADDRINUSE, ...) or
   // std::invalid_argument for a malformed address.
   Listener(Address address, std::string authkey, int backlog = 128);
@@ -75,7 +82,9 @@ class Listener {
   ~Listener();
 
   // The next client, authenticated (AuthenticationError when its key is
-  // wrong or its handshake malformed or later than kHandshakeTimeout).
+  // wrong or its handshake malformed). Clients still to answer their
+  // challenge wait side by side (kMaxPendingHandshakes, kHandshakeDeadline):
+  // silent ones are dropped, never block the next client.
   Connection accept();
   // The next client with no handshake yet: for servers that authenticate on
   // a thread of their own (then call detail::authenticate_server on it). A
@@ -97,6 +106,8 @@ class Listener {
   std::string authkey_;
   pid_t owner_ = 0;  // only the process that bound a path unlinks it
   std::string private_dir_;  // the 0700 directory made for the socket, or empty
+  struct PendingHandshake;
+  std::vector<std::unique_ptr<PendingHandshake>> pending_;  // see accept()
 };
 
 // Connects and authenticates. Throws std::system_error when nothing listens

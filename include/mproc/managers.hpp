@@ -353,6 +353,9 @@ class Manager {
   bool running() const noexcept { return state_ != State::idle; }
   const Address& address() const noexcept { return address_; }
   const std::string& authkey() const noexcept { return authkey_; }
+  // The server process started by start() (0 otherwise), as Python's
+  // manager._process.pid: for monitoring it (memory, fds).
+  pid_t server_pid() const noexcept;
   // The server process started by start(), if any.
   Process* server_process() noexcept { return server_.get(); }
 

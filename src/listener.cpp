@@ -365,9 +365,10 @@ struct Listener::PendingHandshake {
 // Waits for the listening socket and every pending handshake at once: a
 // silent peer neither delays the next client nor keeps its place for long
 // (at most kMaxPendingHandshakes wait, the oldest is dropped for a newcomer,
-// each is dropped at kHandshakeDeadline). The first client to answer its
-// challenge correctly finishes the handshake and is returned; one that
-// answers wrongly or with garbage makes accept() throw, as before.
+// each is dropped at kHandshakeDeadline; one that hangs up is dropped too).
+// The first client to answer its challenge correctly finishes the handshake
+// and is returned; one that answers wrongly or with garbage makes accept()
+// throw AuthenticationError, as before.
 Connection Listener::accept() {
   if (fd_ < 0) throw Error("Listener::accept: listener is closed");
   using Clock = std::chrono::steady_clock;
@@ -391,6 +392,8 @@ Connection Listener::accept() {
                              [&](const auto& p) { return p->conn.fileno() == fds[i].fd; });
       std::unique_ptr<PendingHandshake> p = std::move(*it);
       pending_.erase(it);
+      Bytes peek(1);
+      if (::recv(fds[i].fd, peek.data(), 1, MSG_PEEK | MSG_DONTWAIT) <= 0) continue;  // hung up: dropped
       guarded_handshake(p->conn, [&] {
         check_answer(p->conn, authkey_, p->challenge, recv_handshake(p->conn, kHandshakeTimeout, "challenge answer"));
         // The peer has proven the key: the rest may take the usual timeout.

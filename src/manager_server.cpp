@@ -197,6 +197,22 @@ void refuse_request(Connection& conn, const char* type, const std::string& what)
   }
 }
 
+// After refusing a request: reads and discards (up to) its payload, so a
+// client still sending it is not cut off mid-send (EPIPE) and reads the
+// error reply instead. Costs no memory; bounded in time (a stalling client
+// is simply dropped).
+void discard_payload(int fd, std::uint64_t n) {
+  std::byte sink[16 << 10];
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (n > 0 && std::chrono::steady_clock::now() < until) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 2000) <= 0) return;
+    const ssize_t r = ::recv(fd, sink, static_cast<std::size_t>(std::min<std::uint64_t>(n, sizeof sink)), 0);
+    if (r <= 0) return;
+    n -= static_cast<std::uint64_t>(r);
+  }
+}
+
 // Reads the next request within the server's memory bounds. nullopt: the
 // client is dropped (end of file, garbage, a truncated frame, or a request
 // refused with an error reply). reserved: bytes taken from the budget, to
@@ -208,26 +224,27 @@ std::optional<Bytes> read_request(Server& server, Clients& clients, Connection& 
   } catch (const MessageTooLarge& e) {
     const ServerConfig& cfg = server.config();
     const std::uint64_t n = e.size();  // the header is read; the payload waits
+    std::string refusal;
     if (n > cfg.max_message_size) {
-      refuse_request(conn, "mproc::MessageTooLarge",
-                     fmt::format("manager server: a request of {} bytes is over this server's limit of {} bytes "
-                                 "(ManagerOptions::max_message_size)",
-                                 n, cfg.max_message_size));
-      return std::nullopt;
-    }
-    {
+      refusal = fmt::format("manager server: a request of {} bytes is over this server's limit of {} bytes "
+                            "(ManagerOptions::max_message_size)",
+                            n, cfg.max_message_size);
+    } else {
       std::lock_guard lk(clients.mu);
       if (clients.in_flight + n > cfg.max_buffered_bytes) {
-        const std::uint64_t taken = clients.in_flight;
-        refuse_request(conn, "mproc::MessageTooLarge",
-                       fmt::format("manager server: a request of {} bytes does not fit: {} of the {} bytes this "
-                                   "server buffers for requests in flight are taken by other clients "
-                                   "(ManagerOptions::max_buffered_bytes)",
-                                   n, taken, cfg.max_buffered_bytes));
-        return std::nullopt;
+        refusal = fmt::format("manager server: a request of {} bytes does not fit: {} of the {} bytes this server "
+                              "buffers for requests in flight are taken by other clients "
+                              "(ManagerOptions::max_buffered_bytes)",
+                              n, clients.in_flight, cfg.max_buffered_bytes);
+      } else {
+        clients.in_flight += n;
+        reserved = n;
       }
-      clients.in_flight += n;
-      reserved = n;
+    }
+    if (!refusal.empty()) {
+      refuse_request(conn, "mproc::MessageTooLarge", refusal);
+      discard_payload(conn.fileno(), n);
+      return std::nullopt;
     }
     try {
       return conn.recv_bytes(static_cast<std::size_t>(n));

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -210,6 +211,7 @@ TEST_F(ManagerHostile, StalledHugeRequestsCostAtMostTheServerBudget) {
   start({.max_message_size = kAnnounced, .max_buffered_bytes = kBudget});
   const pid_t server = m_.server_pid();
   const std::uint64_t rss0 = rss_of(server);
+  const std::size_t fds0 = fd_count(server);
   std::vector<Connection> offenders;
   for (int i = 0; i < 8; ++i) {
     offenders.push_back(authed());
@@ -242,10 +244,15 @@ TEST_F(ManagerHostile, StalledHugeRequestsCostAtMostTheServerBudget) {
   }
   EXPECT_EQ(refused, 6) << "two 64 MiB requests fit a 128 MiB budget, six do not";
   const std::uint64_t rss1 = rss_of(server);
+  std::printf("server RSS %+.1f MiB with 8 clients stalled on 64 MiB requests (budget 128 MiB)\n",
+              (static_cast<double>(rss1) - static_cast<double>(rss0)) / (1 << 20));
   // Bound: the budget, plus 32 MiB for threads and allocator slack.
   EXPECT_LT(rss1, rss0 + kBudget + (32u << 20)) << "server RSS " << rss0 << " -> " << rss1;
   expect_intact();  // small requests never wait for the budget
   offenders.clear();
+  // The server has let go of them all (their fds), and of their memory.
+  EXPECT_TRUE(mproc::test::eventually([&] { return fd_count(server) <= fds0; }, 30000))
+      << fd_count(server) << " fds in the server, " << fds0 << " before";
   EXPECT_TRUE(mproc::test::eventually([&] { return rss_of(server) < rss0 + (16u << 20); }, 30000))
       << "server RSS " << rss0 << " -> " << rss_of(server) << " after the offenders left";
   // The budget is free again: a large request from a well-behaved client.

@@ -10,12 +10,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <condition_variable>
-#include <mutex>
-#include <algorithm>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <thread>

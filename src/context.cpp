@@ -11,6 +11,7 @@
 #include <string>
 
 #include "launch.hpp"
+#include "mproc/shared_memory.hpp"
 #include "runtime.hpp"
 #include "sys/fd.hpp"
 
@@ -98,6 +99,9 @@ void init(int argc, char** argv, const InitOptions& options) {
     if (r == "forkserver") detail::forkserver_main(fd, parent);
     ::_exit(74);
   }
+  // Named segments whose creator died (SIGKILL, a crash) go at program
+  // start, not at some later create.
+  cleanup_leaked_segments();
   StartMethod method = StartMethod::forkserver;
   {
     std::lock_guard lock(g_mu);

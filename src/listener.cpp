@@ -15,9 +15,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <memory>
+#include <vector>
 #include <cerrno>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <utility>
@@ -119,14 +123,19 @@ bool equals(const Bytes& b, std::string_view s) {
   return b.size() == s.size() && std::memcmp(b.data(), s.data(), s.size()) == 0;
 }
 
-// The challenging side: sends a challenge, checks the answer, says WELCOME or FAILURE.
-void deliver_challenge(Connection& c, std::string_view key, std::chrono::nanoseconds timeout) {
+// The challenging side, in two halves (Listener::accept waits for many
+// answers at once): sends a challenge; checks the answer and says WELCOME or
+// FAILURE.
+Bytes send_challenge(Connection& c) {
   Bytes msg(kChallengeTag.size() + kChallengeSize);
   std::memcpy(msg.data(), kChallengeTag.data(), kChallengeTag.size());
   if (::RAND_bytes(reinterpret_cast<unsigned char*>(msg.data() + kChallengeTag.size()), kChallengeSize) != 1)
     throw Error("authentication: RAND_bytes failed (OpenSSL)");
   c.send_bytes(msg);
-  Bytes answer = recv_handshake(c, timeout, "challenge answer");
+  return msg;
+}
+
+void check_answer(Connection& c, std::string_view key, const Bytes& msg, const Bytes& answer) {
   const auto expected = hmac(key, msg);
   if (answer.size() != kDigestSize || CRYPTO_memcmp(answer.data(), expected.data(), kDigestSize) != 0) {
     try {
@@ -136,6 +145,27 @@ void deliver_challenge(Connection& c, std::string_view key, std::chrono::nanosec
     throw AuthenticationError("authentication: the peer's digest is wrong (another authkey?)");
   }
   c.send_bytes(as_span(kWelcome));
+}
+
+void deliver_challenge(Connection& c, std::string_view key, std::chrono::nanoseconds timeout) {
+  const Bytes msg = send_challenge(c);
+  check_answer(c, key, msg, recv_handshake(c, timeout, "challenge answer"));
+}
+
+// Whether a whole handshake frame (or EOF, or something that is no such
+// frame) waits on fd, so reading it cannot block on a peer that stalls
+// mid-frame.
+bool handshake_frame_ready(int fd) {
+  std::byte head[Connection::kHeaderSize + kMaxHandshakeFrame];
+  const ssize_t n = ::recv(fd, head, sizeof head, MSG_PEEK | MSG_DONTWAIT);
+  if (n <= 0) return n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);  // EOF, error
+  if (static_cast<std::size_t>(n) < Connection::kHeaderSize) return false;
+  std::uint32_t magic = 0;
+  std::uint64_t length = 0;
+  std::memcpy(&magic, head, sizeof magic);
+  std::memcpy(&length, head + 8, sizeof length);
+  if (magic != Connection::kMagic || length > kMaxHandshakeFrame) return true;  // refused at the header
+  return static_cast<std::uint64_t>(n) >= Connection::kHeaderSize + length;
 }
 
 // The answering side: answers a challenge, reads the verdict.
@@ -229,6 +259,21 @@ void Address::load(InputArchive& ar) {
 // ---- Listener ------------------------------------------------------------------
 
 Listener::Listener(Address address, std::string authkey, int backlog) : authkey_(std::move(authkey)) {
+  if (address.kind == Address::Kind::unix_socket && address.path.empty()) {
+    // A fresh 0700 directory: nobody else can even connect (CPython does the same).
+    const char* tmp = std::getenv("TMPDIR");
+    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/mproc-XXXXXX";
+    if (::mkdtemp(tmpl.data()) == nullptr) sys::throw_errno(fmt::format("mkdtemp({})", tmpl).c_str());
+    private_dir_ = tmpl;
+    address.path = private_dir_ + "/listener";
+  }
+  struct RemoveDirOnError {
+    std::string& dir;
+    bool armed = true;
+    ~RemoveDirOnError() {
+      if (armed && !dir.empty()) ::rmdir(dir.c_str());
+    }
+  } remove_dir{private_dir_};
   SockAddr sa = to_sockaddr(address);
   sys::UniqueFd fd(sys::check(::socket(sa.family, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
   if (sa.family != AF_UNIX) {
@@ -249,11 +294,13 @@ Listener::Listener(Address address, std::string authkey, int backlog) : authkey_
   address_ = std::move(address);
   owner_ = ::getpid();
   fd_ = fd.release();
+  remove_dir.armed = false;
 }
 
 Listener::Listener(Listener&& o) noexcept
     : fd_(std::exchange(o.fd_, -1)), address_(std::move(o.address_)), authkey_(std::move(o.authkey_)),
-      owner_(std::exchange(o.owner_, 0)) {}
+      owner_(std::exchange(o.owner_, 0)), private_dir_(std::exchange(o.private_dir_, {})),
+      pending_(std::move(o.pending_)) {}
 
 Listener& Listener::operator=(Listener&& o) noexcept {
   if (this != &o) {
@@ -262,19 +309,25 @@ Listener& Listener::operator=(Listener&& o) noexcept {
     address_ = std::move(o.address_);
     authkey_ = std::move(o.authkey_);
     owner_ = std::exchange(o.owner_, 0);
+    private_dir_ = std::exchange(o.private_dir_, {});
+    pending_ = std::move(o.pending_);
   }
   return *this;
 }
 
+Listener::Listener() = default;
 Listener::~Listener() { close(); }
 
 void Listener::close() noexcept {
+  pending_.clear();
   if (fd_ < 0) return;
   ::close(fd_);
   fd_ = -1;
   if (address_.kind == Address::Kind::unix_socket && !address_.path.empty() && address_.path[0] != '@' &&
-      owner_ == ::getpid())
+      owner_ == ::getpid()) {
     ::unlink(address_.path.c_str());
+    if (!private_dir_.empty()) ::rmdir(private_dir_.c_str());
+  }
 }
 
 int Listener::fileno() const {
@@ -288,17 +341,74 @@ Connection Listener::accept_unauthenticated() {
     int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (c >= 0) {
       if (address_.kind == Address::Kind::tcp) set_nodelay(c);
-      return Connection(c, true, true);
+      Connection conn(c, true, true);
+      if (address_.kind == Address::Kind::unix_socket) {
+        ucred cred{};
+        socklen_t len = sizeof cred;
+        if (::getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != ::geteuid())
+          return Connection();  // another user's process: closed before it can say anything
+      }
+      return conn;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;
     sys::throw_errno("accept4");
   }
 }
 
+// A client that was sent a challenge and has not answered yet.
+struct Listener::PendingHandshake {
+  Connection conn;
+  Bytes challenge;
+  std::chrono::steady_clock::time_point deadline;
+};
+
+// Waits for the listening socket and every pending handshake at once: a
+// silent peer neither delays the next client nor keeps its place for long
+// (at most kMaxPendingHandshakes wait, the oldest is dropped for a newcomer,
+// each is dropped at kHandshakeDeadline; one that hangs up is dropped too).
+// The first client to answer its challenge correctly finishes the handshake
+// and is returned; one that answers wrongly or with garbage makes accept()
+// throw AuthenticationError, as before.
 Connection Listener::accept() {
-  Connection c = accept_unauthenticated();
-  detail::authenticate_server(c, authkey_);
-  return c;
+  if (fd_ < 0) throw Error("Listener::accept: listener is closed");
+  using Clock = std::chrono::steady_clock;
+  for (;;) {
+    const auto now = Clock::now();
+    std::erase_if(pending_, [&](const auto& p) { return p->deadline <= now; });  // silent: dropped
+    std::vector<pollfd> fds{{fd_, POLLIN, 0}};
+    int wait_ms = -1;
+    for (const auto& p : pending_) {
+      fds.push_back({p->conn.fileno(), POLLIN, 0});
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(p->deadline - now).count();
+      if (wait_ms < 0 || left < wait_ms) wait_ms = static_cast<int>(left);
+    }
+    if (::poll(fds.data(), fds.size(), wait_ms) < 0) {
+      if (errno == EINTR) continue;
+      sys::throw_errno("poll");
+    }
+    for (std::size_t i = 1; i < fds.size(); ++i) {
+      if (!fds[i].revents || !handshake_frame_ready(fds[i].fd)) continue;
+      auto it = std::find_if(pending_.begin(), pending_.end(),
+                             [&](const auto& p) { return p->conn.fileno() == fds[i].fd; });
+      std::unique_ptr<PendingHandshake> p = std::move(*it);
+      pending_.erase(it);
+      Bytes peek(1);
+      if (::recv(fds[i].fd, peek.data(), 1, MSG_PEEK | MSG_DONTWAIT) <= 0) continue;  // hung up: dropped
+      guarded_handshake(p->conn, [&] {
+        check_answer(p->conn, authkey_, p->challenge, recv_handshake(p->conn, kHandshakeTimeout, "challenge answer"));
+        // The peer has proven the key: the rest may take the usual timeout.
+        answer_challenge(p->conn, authkey_, kHandshakeTimeout);
+      });
+      return std::move(p->conn);
+    }
+    if (!fds[0].revents) continue;
+    Connection c = accept_unauthenticated();
+    if (c.closed()) continue;  // refused: another user's process
+    Bytes challenge = send_challenge(c);  // ConnectionClosed when it left already, as before
+    if (pending_.size() >= kMaxPendingHandshakes) pending_.erase(pending_.begin());  // the oldest
+    pending_.push_back(std::make_unique<PendingHandshake>(
+        PendingHandshake{std::move(c), std::move(challenge), Clock::now() + kHandshakeDeadline}));
+  }
 }
 
 // ---- Client --------------------------------------------------------------------

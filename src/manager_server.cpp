@@ -10,10 +10,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <condition_variable>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -148,12 +151,30 @@ void Server::wake() noexcept {
 
 namespace {
 
-// The live client connections, so a stopping server can end them.
+// Every connection's fd, by state, so the accept loop can end handshakes
+// past their deadline and a stopping server can end everything. A thread
+// closes its connection only under mu and after removing its fd here, so
+// nobody ever shuts down an fd number that was reused.
+//
+//   accepted ──► pending (handshake; at most max_unauthenticated, oldest
+//       │          dropped first; dropped at handshake_deadline)
+//       │             │ key proven
+//       │             ▼
+//       │        authenticated (at most max_connections) ──► closed
+//       └──────────────────────────────────────────────────► closed
 struct Clients {
+  using Clock = std::chrono::steady_clock;
   std::mutex mu;
   std::condition_variable cv;
-  std::set<int> fds;
+  std::map<int, Clock::time_point> pending;  // fd -> handshake deadline
+  std::set<int> authenticated;
+  std::uint64_t in_flight = 0;  // bytes reserved by requests being received
+  std::size_t threads = 0;      // connection threads alive (their fds still open)
 };
+
+// Requests up to this size are read without asking the budget: what every
+// client may cost at any time (max_connections of them bound the total).
+constexpr std::uint64_t kFreeFrameSize = std::uint64_t{64} << 10;
 
 // A client in a loop of calls sends its next request a few microseconds
 // after our reply: waiting for it awake (bounded) saves a sleep/wake-up.
@@ -165,28 +186,99 @@ void spin_for_request(Connection& c) {
   if (spin_us > 0) c.poll_spinning(std::chrono::microseconds(spin_us));
 }
 
-void serve_client(const std::shared_ptr<Server>& server, Connection conn) {
+// An error reply, then the connection ends: for a client whose request the
+// server will not read (the stream cannot resume past an unread payload).
+void refuse_request(Connection& conn, const char* type, const std::string& what) {
+  Bytes out;
+  put_error(out, ErrorInfo{type, what});
   try {
-    authenticate_server(conn, server->config().authkey);
-  } catch (...) {
-    return;  // wrong key, garbage or silence: nothing was read past the handshake
+    conn.send_bytes(out);
+  } catch (...) {  // gone already
   }
-  conn.set_max_message_size(server->config().max_message_size);
+}
+
+// After refusing a request: reads and discards (up to) its payload, so a
+// client still sending it is not cut off mid-send (EPIPE) and reads the
+// error reply instead. Costs no memory; bounded in time (a stalling client
+// is simply dropped).
+void discard_payload(int fd, std::uint64_t n) {
+  std::byte sink[16 << 10];
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (n > 0 && std::chrono::steady_clock::now() < until) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 2000) <= 0) return;
+    const ssize_t r = ::recv(fd, sink, static_cast<std::size_t>(std::min<std::uint64_t>(n, sizeof sink)), 0);
+    if (r <= 0) return;
+    n -= static_cast<std::uint64_t>(r);
+  }
+}
+
+// Reads the next request within the server's memory bounds. nullopt: the
+// client is dropped (end of file, garbage, a truncated frame, or a request
+// refused with an error reply). reserved: bytes taken from the budget, to
+// give back once the request is handled.
+std::optional<Bytes> read_request(Server& server, Clients& clients, Connection& conn, std::uint64_t& reserved) {
+  reserved = 0;
+  try {
+    return conn.recv_bytes(static_cast<std::size_t>(kFreeFrameSize));
+  } catch (const MessageTooLarge& e) {
+    const ServerConfig& cfg = server.config();
+    const std::uint64_t n = e.size();  // the header is read; the payload waits
+    std::string refusal;
+    if (n > cfg.max_message_size) {
+      refusal = fmt::format("manager server: a request of {} bytes is over this server's limit of {} bytes "
+                            "(ManagerOptions::max_message_size)",
+                            n, cfg.max_message_size);
+    } else {
+      std::lock_guard lk(clients.mu);
+      if (clients.in_flight + n > cfg.max_buffered_bytes) {
+        refusal = fmt::format("manager server: a request of {} bytes does not fit: {} of the {} bytes this server "
+                              "buffers for requests in flight are taken by other clients "
+                              "(ManagerOptions::max_buffered_bytes)",
+                              n, clients.in_flight, cfg.max_buffered_bytes);
+      } else {
+        clients.in_flight += n;
+        reserved = n;
+      }
+    }
+    if (!refusal.empty()) {
+      refuse_request(conn, "mproc::MessageTooLarge", refusal);
+      discard_payload(conn.fileno(), n);
+      return std::nullopt;
+    }
+    try {
+      return conn.recv_bytes(static_cast<std::size_t>(n));
+    } catch (...) {
+      return std::nullopt;  // the caller gives the reservation back
+    }
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+void serve_authenticated(const std::shared_ptr<Server>& server, Clients& clients, Connection& conn) {
   CallContext ctx{conn.fileno(), true};
   for (;;) {
-    Bytes request;
-    try {
-      spin_for_request(conn);
-      request = conn.recv_bytes();
-    } catch (...) {
-      return;  // end of file, garbage, oversized or truncated frame: drop this client
-    }
+    spin_for_request(conn);
+    std::uint64_t reserved = 0;
+    std::optional<Bytes> request = read_request(*server, clients, conn, reserved);
+    struct GiveBack {  // settles the reservation on every path
+      Clients& c;
+      std::uint64_t& n;
+      ~GiveBack() {
+        if (n == 0) return;
+        std::lock_guard lk(c.mu);
+        c.in_flight -= n;
+      }
+    } give_back{clients, reserved};
+    if (!request) return;
     Bytes reply;
     try {
-      reply = server->handle(request, ctx);
+      reply = server->handle(*request, ctx);
     } catch (const PeerGone&) {
       return;
     }
+    Bytes().swap(*request);
     try {
       conn.send_bytes(reply);
     } catch (...) {
@@ -197,6 +289,52 @@ void serve_client(const std::shared_ptr<Server>& server, Connection conn) {
   }
 }
 
+// One connection's thread: handshake, then requests until it ends.
+void serve_client(const std::shared_ptr<Server>& server, const std::shared_ptr<Clients>& clients, Connection conn) {
+  const int fd = conn.fileno();
+  bool ok = true;
+  try {
+    authenticate_server(conn, server->config().authkey, server->config().handshake_deadline);
+  } catch (...) {
+    ok = false;  // wrong key, garbage or silence: nothing was read past the handshake
+  }
+  {
+    std::lock_guard lk(clients->mu);
+    const bool still_pending = clients->pending.erase(fd) != 0;  // else dropped by the accept loop
+    if (!ok || !still_pending || clients->authenticated.size() >= server->config().max_connections) {
+      conn.close();
+      --clients->threads;
+      clients->cv.notify_all();
+      return;
+    }
+    clients->authenticated.insert(fd);
+  }
+  serve_authenticated(server, *clients, conn);
+  std::lock_guard lk(clients->mu);
+  clients->authenticated.erase(fd);
+  conn.close();
+  --clients->threads;
+  clients->cv.notify_all();
+}
+
+// Drops handshakes past their deadline; returns how long until the next one.
+int expire_handshakes(Clients& clients) {
+  std::lock_guard lk(clients.mu);
+  const auto now = Clients::Clock::now();
+  int wait_ms = -1;
+  for (auto it = clients.pending.begin(); it != clients.pending.end();) {
+    if (it->second <= now) {
+      ::shutdown(it->first, SHUT_RDWR);  // its thread's handshake fails at once
+      it = clients.pending.erase(it);
+      continue;
+    }
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(it->second - now).count();
+    if (wait_ms < 0 || left < wait_ms) wait_ms = static_cast<int>(left);
+    ++it;
+  }
+  return wait_ms;
+}
+
 }  // namespace
 
 void serve(Listener& listener, ServerConfig config) {
@@ -204,9 +342,11 @@ void serve(Listener& listener, ServerConfig config) {
   auto clients = std::make_shared<Clients>();
   sys::UniqueFd wake(sys::check(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd"));
   server->set_wake_fd(wake.get());
+  const ServerConfig& cfg = server->config();
   while (!server->stop_ready()) {
+    const int wait_ms = expire_handshakes(*clients);
     pollfd p[2] = {{listener.fileno(), POLLIN, 0}, {wake.get(), POLLIN, 0}};
-    if (::poll(p, 2, -1) < 0) {
+    if (::poll(p, 2, wait_ms) < 0) {
       if (errno == EINTR) continue;
       sys::throw_errno("poll");
     }
@@ -223,29 +363,37 @@ void serve(Listener& listener, ServerConfig config) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
       continue;
     }
+    if (conn.closed()) continue;  // another user's process (Unix socket): refused
     const int fd = conn.fileno();
     {
       std::lock_guard lk(clients->mu);
-      if (clients->fds.size() >= server->config().max_connections) continue;  // conn closes: refused
-      clients->fds.insert(fd);
+      if (clients->pending.size() >= cfg.max_unauthenticated) {
+        // Full of handshakes: the oldest goes, so a flood of silent peers
+        // cannot keep the owner's next client out.
+        auto oldest = std::min_element(clients->pending.begin(), clients->pending.end(),
+                                       [](const auto& a, const auto& b) { return a.second < b.second; });
+        ::shutdown(oldest->first, SHUT_RDWR);
+        clients->pending.erase(oldest);
+      }
+      clients->pending.emplace(fd, Clients::Clock::now() + cfg.handshake_deadline);
+      ++clients->threads;
     }
     try {
-      std::thread([server, clients, fd, c = std::move(conn)]() mutable {
-        serve_client(server, std::move(c));
-        std::lock_guard lk(clients->mu);
-        clients->fds.erase(fd);
-        clients->cv.notify_all();
-      }).detach();
-    } catch (const std::system_error&) {  // no thread: refuse this client
+      std::thread([server, clients, c = std::move(conn)]() mutable { serve_client(server, clients, std::move(c)); })
+          .detach();
+    } catch (const std::system_error&) {  // no thread: refuse this client (conn closes with the lambda)
       std::lock_guard lk(clients->mu);
-      clients->fds.erase(fd);
+      clients->pending.erase(fd);
+      --clients->threads;
     }
   }
-  // Stopping: end every client connection (their threads then return) and
-  // wait for them a little, so their fds are closed when serve() returns.
+  // Stopping: end every connection (their threads then return) and wait for
+  // them a little, so their fds are closed when serve() returns.
   std::unique_lock lk(clients->mu);
-  for (int fd : clients->fds) ::shutdown(fd, SHUT_RDWR);
-  clients->cv.wait_for(lk, std::chrono::seconds(2), [&] { return clients->fds.empty(); });
+  for (const auto& [fd, deadline] : clients->pending) ::shutdown(fd, SHUT_RDWR);
+  for (int fd : clients->authenticated) ::shutdown(fd, SHUT_RDWR);
+  clients->pending.clear();
+  clients->cv.wait_for(lk, std::chrono::seconds(2), [&] { return clients->threads == 0; });
   server->set_wake_fd(-1);
 }
 

@@ -9,6 +9,7 @@
 // Object 0 is the server itself: create / release / count / ping / shutdown.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -38,7 +39,16 @@ struct PeerGone {};
 struct ServerConfig {
   std::string authkey;
   std::uint64_t max_message_size = std::uint64_t{64} << 20;
-  std::size_t max_connections = 512;
+  // Bytes all clients together may have in requests being received; a
+  // request over kFreeFrameSize reserves its announced length from it first
+  // (see serve_client), so stalled clients cannot cost more than this.
+  std::uint64_t max_buffered_bytes = std::uint64_t{256} << 20;
+  std::size_t max_connections = 512;  // authenticated clients
+  // Connections still in their handshake: a separate, small pool, so silent
+  // peers never take an authenticated client's place. When it is full the
+  // oldest is dropped; each is dropped at handshake_deadline anyway.
+  std::size_t max_unauthenticated = 32;
+  std::chrono::milliseconds handshake_deadline{3000};
   std::size_t max_objects = std::size_t{1} << 20;
   std::shared_ptr<const TypeRegistry> types;
 };

@@ -12,6 +12,7 @@
 #include <new>
 
 #include "manager_server.hpp"
+#include "mproc/shared_memory.hpp"
 
 namespace mproc {
 
@@ -196,11 +197,26 @@ namespace {
   ::_exit(code);
 }
 
-std::string random_name() {
-  std::string key = random_authkey();
-  std::string out;
-  for (int i = 0; i < 8; ++i) out += fmt::format("{:02x}", static_cast<unsigned char>(key[static_cast<std::size_t>(i)]));
-  return out;
+detail::ServerConfig server_config(const ManagerOptions& o, const std::string& authkey,
+                                   std::shared_ptr<const detail::TypeRegistry> types) {
+  detail::ServerConfig config;
+  config.authkey = authkey;
+  config.max_message_size = o.max_message_size;
+  config.max_buffered_bytes = o.max_buffered_bytes;
+  config.max_connections = o.max_connections;
+  config.max_unauthenticated = o.max_unauthenticated;
+  config.handshake_deadline = o.handshake_deadline;
+  config.types = std::move(types);
+  return config;
+}
+
+// The default socket's file and 0700 directory, when the server could not
+// remove them itself (killed).
+void remove_private_socket(const Address& a) {
+  if (a.kind != Address::Kind::unix_socket || a.path.empty() || a.path[0] == '@') return;
+  ::unlink(a.path.c_str());
+  const auto slash = a.path.rfind('/');
+  if (slash != std::string::npos && slash > 0) ::rmdir(a.path.substr(0, slash).c_str());
 }
 
 }  // namespace
@@ -246,15 +262,11 @@ Manager::~Manager() {
 void Manager::start() {
   if (state_ != State::idle) throw std::logic_error("Manager::start: the manager is already running");
   authkey_ = options_.authkey.empty() ? random_authkey() : options_.authkey;
-  Address where = options_.address.value_or(
-      Address::unix_socket(fmt::format("@mproc-manager-{}-{}", ::getpid(), random_name())));
-  auto listener = std::make_shared<Listener>(where, authkey_);
+  cleanup_leaked_segments();  // dead creators' named segments go now, not at some later create
+  // Default: a Unix socket in a fresh 0700 directory (Listener's empty path).
+  auto listener = std::make_shared<Listener>(options_.address.value_or(Address{}), authkey_);
   address_ = listener->address();
-  detail::ServerConfig config;
-  config.authkey = authkey_;
-  config.max_message_size = options_.max_message_size;
-  config.max_connections = options_.max_connections;
-  config.types = types_;
+  detail::ServerConfig config = server_config(options_, authkey_, types_);
   ProcessOptions po;
   po.name = "SyncManager";
   po.daemon = true;
@@ -283,11 +295,7 @@ void Manager::serve_forever(const std::function<void(const Address&)>& ready) {
   authkey_ = options_.authkey;
   Listener listener(*options_.address, authkey_);
   address_ = listener.address();
-  detail::ServerConfig config;
-  config.authkey = authkey_;
-  config.max_message_size = options_.max_message_size;
-  config.max_connections = options_.max_connections;
-  config.types = types_;
+  detail::ServerConfig config = server_config(options_, authkey_, types_);
   state_ = State::serving;
   struct Reset {
     State& s;
@@ -296,6 +304,8 @@ void Manager::serve_forever(const std::function<void(const Address&)>& ready) {
   if (ready) ready(address_);
   detail::serve(listener, std::move(config));
 }
+
+pid_t Manager::server_pid() const noexcept { return server_ ? server_->pid() : 0; }
 
 void Manager::stop_server() {
   require_running("stop_server");
@@ -313,6 +323,7 @@ void Manager::shutdown() {
       server_->join();
     }
     server_.reset();
+    if (!options_.address) remove_private_socket(address_);
   }
   if (state_ == State::started || state_ == State::connected) {
     detail::forget_endpoint(address_, authkey_);

@@ -14,9 +14,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <system_error>
+#include <vector>
 
 #include "sys/fd.hpp"
 
@@ -150,7 +153,9 @@ SharedMemory::SharedMemory(std::size_t size) {
 SharedMemory::SharedMemory(std::string_view name_in, bool create, std::size_t size, bool track)
     : SharedMemory(name_in, create, size, track, shm_dir()) {}
 
-SharedMemory::SharedMemory(std::string_view name_in, bool create, std::size_t size, bool track, std::string dir) {
+SharedMemory::SharedMemory(std::string_view name_in, bool create, std::size_t size, bool track, std::string dir,
+                           int opened_fd) {
+  sys::UniqueFd opened(opened_fd);
   std::string name(name_in);
   if (create && name.empty()) name = fresh_name();
   detail::check_shm_name(name);
@@ -186,12 +191,15 @@ SharedMemory::SharedMemory(std::string_view name_in, bool create, std::size_t si
     s->offset = kHeaderSize;
     s->size = size;
   } else {
-    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    // O_NONBLOCK: a FIFO planted under the name must not block the open.
+    int fd = opened ? opened.release() : ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0 && errno == ENOENT) throw SharedMemoryNotFound("shared memory '" + name + "' does not exist");
+    if (fd < 0 && errno == ELOOP) throw SharedMemoryError("shared memory '" + name + "' is a symbolic link: refused");
     if (fd < 0) throw SharedMemoryError(shm_error(name, "open(attach)", errno));
     s->fd.reset(fd);
     struct stat st {};
     sys::check(::fstat(fd, &st), "fstat(shared memory)");
+    if (!S_ISREG(st.st_mode)) throw SharedMemoryError("shared memory '" + name + "' is not a regular file: refused");
     s->map_len = static_cast<std::size_t>(st.st_size);
     if (s->map_len == 0) throw SharedMemoryError("shared memory '" + name + "' is empty (0 bytes)");
     s->map(name);
@@ -204,9 +212,11 @@ SharedMemory::SharedMemory(std::string_view name_in, bool create, std::size_t si
       s->size = s->map_len;  // made by someone else (CPython, shm_open): all of it is buf()
     }
     if (size > s->size)
-      throw SharedMemoryError("shared memory '" + name + "' has " + std::to_string(s->size) + " bytes, not the " +
-                              std::to_string(size) + " asked for");
+      throw SharedMemoryError("shared memory '" + name + "' has " + std::to_string(s->size) +
+                              " bytes, fewer than the " + std::to_string(size) + " asked for");
   }
+  name_ = s->name;
+  dir_ = s->dir;
   seg_ = std::move(s);
 }
 
@@ -220,16 +230,21 @@ std::span<std::byte> SharedMemory::buf() const {
   return {s.base + s.offset, s.size};
 }
 std::size_t SharedMemory::size() const { return seg("size").size; }
-const std::string& SharedMemory::name() const { return seg("name").name; }
+const std::string& SharedMemory::name() const { return name_; }
 bool SharedMemory::anonymous() const { return seg("anonymous").name.empty(); }
 int SharedMemory::fileno() const { return seg("fileno").fd.get(); }
 
+// Works after close() too (Python's shm.close(); shm.unlink()): the name is
+// kept by the handle, not by the mapping.
 void SharedMemory::unlink() {
-  const Segment& s = seg("unlink");
-  if (s.name.empty()) return;  // a memfd has no name: nothing to remove
-  if (::unlink(s.path().c_str()) != 0) {
-    if (errno == ENOENT) throw SharedMemoryNotFound("shared memory '" + s.name + "' was already unlinked");
-    throw SharedMemoryError(shm_error(s.name, "unlink", errno));
+  if (name_.empty()) {
+    if (!seg_) throw SharedMemoryError("SharedMemory::unlink on a closed anonymous segment");
+    return;  // a memfd has no name: nothing to remove
+  }
+  const std::string path = dir_ + "/" + name_;
+  if (::unlink(path.c_str()) != 0) {
+    if (errno == ENOENT) throw SharedMemoryNotFound("shared memory '" + name_ + "' was already unlinked");
+    throw SharedMemoryError(shm_error(name_, "unlink", errno));
   }
 }
 
@@ -267,10 +282,113 @@ std::size_t cleanup_leaked_segments(const std::string& dir) {
 }
 
 // ---- handles ----------------------------------------------------------------
+// A handle decoded from a message is a peer's word, so it never names a file
+// (docs/security.md):
+// - named: only a bare name, looked up in OUR configured directory (never a
+//   directory from the message), opened without following links, and kept
+//   only when it is a regular file of our uid carrying mproc's header, with
+//   the device and inode the sender saw;
+// - passed fd: the fd itself travelled (SCM_RIGHTS), so the peer held it;
+// - /proc/<pid>/fd/<n> (pool-task arguments carry no fds): only when <pid> is
+//   this process or one of its ancestors (the pool's owner), and the link
+//   names one of mproc's memfds, checked before opening (nothing else is
+//   opened) and again, with device and inode, after.
 namespace {
 // Written as one byte (cereal has no enum support in mproc's archives).
-enum HandleKind : std::uint8_t { kClosed = 0, kNamed = 1, kPassedFd = 2, kProcPath = 3 };
+enum HandleKind : std::uint8_t { kClosed = 0, kNamed = 1, kPassedFd = 2, kProcPath = 3, kNamedPassedFd = 4 };
+
+constexpr std::string_view kMemfdName = "mproc-shared";
+
+[[noreturn]] void refuse(const std::string& what, const std::string& why) {
+  throw SharedMemoryError("shared memory handle " + what + " refused: " + why);
 }
+
+// readlink of a /proc fd link: "/memfd:mproc-shared (deleted)" for ours.
+bool is_mproc_memfd_link(const std::string& link_path) {
+  char target[256];
+  const ssize_t n = ::readlink(link_path.c_str(), target, sizeof target - 1);
+  if (n <= 0) return false;
+  const std::string_view t(target, static_cast<std::size_t>(n));
+  return t == "/memfd:" + std::string(kMemfdName) + " (deleted)";
+}
+
+// Parent pid of pid (field 4 of /proc/<pid>/stat), or 0.
+pid_t parent_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return 0;
+  auto close = line.rfind(')');
+  if (close == std::string::npos || close + 4 >= line.size()) return 0;
+  return static_cast<pid_t>(std::strtol(line.c_str() + close + 4, nullptr, 10));
+}
+
+bool is_self_or_ancestor(pid_t pid) {
+  if (pid <= 0) return false;
+  pid_t p = ::getpid();
+  for (int depth = 0; depth < 32 && p > 1; ++depth, p = parent_of(p))
+    if (p == pid) return true;
+  return false;
+}
+
+// The file behind a decoded named handle: dir/name, checked after opening.
+sys::UniqueFd open_named_handle(const std::string& dir, const std::string& name, std::uint64_t dev,
+                                std::uint64_t ino) {
+  const std::string what = "'" + name + "'";
+  try {
+    detail::check_shm_name(name);
+  } catch (const InvalidSharedMemoryName& e) {
+    refuse(what, e.what());
+  }
+  sys::UniqueFd fd(::open((dir + "/" + name).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
+  if (!fd) {
+    const int err = errno;
+    if (err == ENOENT) throw SharedMemoryNotFound("shared memory '" + name + "' does not exist");
+    refuse(what, err == ELOOP ? std::string("it is a symbolic link") : std::string("open: ") + std::strerror(err));
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) refuse(what, std::string("fstat: ") + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) refuse(what, "not a regular file");
+  if (st.st_uid != ::geteuid())
+    refuse(what, "owned by uid " + std::to_string(st.st_uid) + ", not ours (" + std::to_string(::geteuid()) + ")");
+  if (static_cast<std::uint64_t>(st.st_dev) != dev || static_cast<std::uint64_t>(st.st_ino) != ino)
+    refuse(what, "not the file the sender named (device/inode differ: replaced, or never the sender's)");
+  std::uint64_t magic = 0;
+  if (st.st_size < static_cast<off_t>(SharedMemory::kHeaderSize) ||
+      ::pread(fd.get(), &magic, sizeof magic, 0) != static_cast<ssize_t>(sizeof magic) || magic != kMagic)
+    refuse(what, "not an mproc segment (no mproc header)");
+  return fd;
+}
+
+// The memfd behind a /proc/<pid>/fd/<number> handle of a pool task.
+sys::UniqueFd open_proc_handle(std::int64_t pid, std::int32_t number, std::uint64_t dev, std::uint64_t ino) {
+  const std::string path = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(number);
+  if (pid <= 0 || pid > std::numeric_limits<pid_t>::max() || number < 0) refuse(path, "not a process's fd");
+  if (!is_self_or_ancestor(static_cast<pid_t>(pid)))
+    refuse(path, "process " + std::to_string(pid) + " is neither this process nor one of its ancestors");
+  if (!is_mproc_memfd_link(path))
+    throw SharedMemoryError("anonymous shared memory sent by process " + std::to_string(pid) +
+                            " is no longer open there (" + path + " is not an mproc segment); keep it open until "
+                            "the task has run");
+  sys::UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+  struct stat st {};
+  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 0 ||
+      st.st_uid != ::geteuid() || static_cast<std::uint64_t>(st.st_dev) != dev ||
+      static_cast<std::uint64_t>(st.st_ino) != ino ||
+      !is_mproc_memfd_link("/proc/self/fd/" + std::to_string(fd.get())))
+    throw SharedMemoryError("anonymous shared memory sent by process " + std::to_string(pid) +
+                            " is no longer open there (" + path + "); keep it open until the task has run");
+  return fd;
+}
+
+// Target arguments decoded while this is set stay mapped until the process
+// exits (see retain_decoded_segments in shared_memory.hpp). Leaked on
+// purpose: never destroyed, so nothing unmaps them at exit either.
+thread_local bool t_retain = false;
+std::vector<std::shared_ptr<detail::Segment>>* g_retained = nullptr;
+}  // namespace
+
+detail::RetainDecodedSegments::RetainDecodedSegments() noexcept : previous_(t_retain) { t_retain = true; }
+detail::RetainDecodedSegments::~RetainDecodedSegments() { t_retain = previous_; }
 
 void SharedMemory::save(OutputArchive& ar) const {
   if (!seg_) {
@@ -278,7 +396,16 @@ void SharedMemory::save(OutputArchive& ar) const {
     return;
   }
   if (!seg_->name.empty()) {
-    ar(std::uint8_t{kNamed}, seg_->name, seg_->dir);
+    // To a child process the fd itself travels: no lookup by name at all.
+    try {
+      const std::uint32_t index = ar.attach_fd(seg_->fd.get(), "mproc shared object");
+      ar(std::uint8_t{kNamedPassedFd}, index, seg_->name);
+      return;
+    } catch (const std::invalid_argument&) {  // no fd channel: by name, checked by the receiver
+    }
+    struct stat st {};
+    sys::check(::fstat(seg_->fd.get(), &st), "fstat(shared memory)");
+    ar(std::uint8_t{kNamed}, seg_->name, static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino));
     return;
   }
   std::uint32_t index = 0;
@@ -302,46 +429,62 @@ void SharedMemory::save(OutputArchive& ar) const {
 void SharedMemory::load(InputArchive& ar) {
   std::uint8_t kind = 0;
   ar(kind);
-  seg_.reset();
+  *this = SharedMemory();
   if (kind == kClosed) return;
   if (kind == kNamed) {
-    std::string name, dir;
-    ar(name, dir);
-    *this = SharedMemory(name, false, 0, true, std::move(dir));
-    return;
-  }
-  sys::UniqueFd fd;
-  std::uint64_t len = 0;
-  if (kind == kPassedFd) {
-    std::uint32_t index = 0;
-    ar(index, len);
-    fd.reset(ar.take_fd(index, "mproc shared object"));
-  } else if (kind == kProcPath) {
-    std::int64_t pid = 0;
-    std::int32_t number = 0;
+    std::string name;
     std::uint64_t dev = 0, ino = 0;
-    ar(pid, number, dev, ino, len);
-    const std::string path = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(number);
-    fd.reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
-    struct stat st {};
-    if (!fd || ::fstat(fd.get(), &st) != 0 || st.st_dev != dev || st.st_ino != ino)
-      throw SharedMemoryError("anonymous shared memory sent by process " + std::to_string(pid) +
-                              " is no longer open there (" + path + "); keep it open until the task has run");
+    ar(name, dev, ino);
+    const std::string dir = shm_dir();  // ours, never the sender's word
+    sys::UniqueFd fd = open_named_handle(dir, name, dev, ino);
+    // Attach through the checked fd, not the name again (it may have been
+    // replaced meanwhile).
+    *this = SharedMemory(name, false, 0, true, dir, fd.release());
+  } else if (kind == kNamedPassedFd) {
+    std::uint32_t index = 0;
+    std::string name;
+    ar(index, name);
+    sys::UniqueFd fd(ar.take_fd(index, "mproc shared object"));
+    try {
+      detail::check_shm_name(name);
+    } catch (const InvalidSharedMemoryName& e) {
+      refuse("'" + name + "'", e.what());
+    }
+    *this = SharedMemory(name, false, 0, true, shm_dir(), fd.release());
   } else {
-    throw DeserializeError("mproc shared object: unknown handle kind " + std::to_string(static_cast<int>(kind)));
+    sys::UniqueFd fd;
+    std::uint64_t len = 0;
+    if (kind == kPassedFd) {
+      std::uint32_t index = 0;
+      ar(index, len);
+      fd.reset(ar.take_fd(index, "mproc shared object"));
+    } else if (kind == kProcPath) {
+      std::int64_t pid = 0;
+      std::int32_t number = 0;
+      std::uint64_t dev = 0, ino = 0;
+      ar(pid, number, dev, ino, len);
+      fd = open_proc_handle(pid, number, dev, ino);
+    } else {
+      throw DeserializeError("mproc shared object: unknown handle kind " + std::to_string(static_cast<int>(kind)));
+    }
+    auto s = std::make_shared<Segment>();
+    s->fd = std::move(fd);
+    struct stat st {};
+    sys::check(::fstat(s->fd.get(), &st), "fstat(shared memory)");
+    if (!S_ISREG(st.st_mode)) refuse("(passed fd)", "not a regular file");
+    // Map what the sender mapped: the file may be longer (a queue's big-message
+    // file grows past its first page).
+    if (len == 0 || static_cast<std::uint64_t>(st.st_size) < len)
+      throw SharedMemoryError("anonymous shared memory received with " + std::to_string(st.st_size) +
+                              " bytes, expected " + std::to_string(len));
+    s->map_len = s->size = static_cast<std::size_t>(len);
+    s->map("<anonymous>");
+    seg_ = std::move(s);
   }
-  auto s = std::make_shared<Segment>();
-  s->fd = std::move(fd);
-  struct stat st {};
-  sys::check(::fstat(s->fd.get(), &st), "fstat(shared memory)");
-  // Map what the sender mapped: the file may be longer (a queue's big-message
-  // file grows past its first page).
-  if (len == 0 || static_cast<std::uint64_t>(st.st_size) < len)
-    throw SharedMemoryError("anonymous shared memory received with " + std::to_string(st.st_size) +
-                            " bytes, expected " + std::to_string(len));
-  s->map_len = s->size = static_cast<std::size_t>(len);
-  s->map("<anonymous>");
-  seg_ = std::move(s);
+  if (t_retain) {
+    if (!g_retained) g_retained = new std::vector<std::shared_ptr<detail::Segment>>();
+    g_retained->push_back(seg_);
+  }
 }
 
 }  // namespace mproc

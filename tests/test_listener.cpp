@@ -2,8 +2,10 @@
 // the HMAC handshake both ways, and what a wrong key, garbage or silence
 // before authentication does.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -12,6 +14,7 @@
 #include <future>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "mproc/listener.hpp"
 #include "mproc/process.hpp"
@@ -164,11 +167,19 @@ TEST(Listener, SilentClientTimesOut) {
   EXPECT_TRUE(c.closed());
 }
 
+// A client that hangs up before answering is dropped quietly: accept() goes
+// on to serve the next one (a peer's hang-up must not end the owner's accept).
 TEST(Listener, ClientHangsUpDuringHandshake) {
   Listener l(Address::tcp("127.0.0.1", 0), kKey);
-  auto server = std::async(std::launch::async, [&] { l.accept(); });
-  { Connection raw = mproc::detail::connect_unauthenticated(l.address()); }
-  EXPECT_THROW(server.get(), mproc::ConnectionClosed);
+  auto server = std::async(std::launch::async, [&] { return l.accept(); });
+  {
+    Connection raw = mproc::detail::connect_unauthenticated(l.address());
+    raw.recv_bytes();  // the challenge: it is pending on the server now
+  }
+  Connection c = Client(l.address(), kKey);
+  Connection s = server.get();
+  c.send(3);
+  EXPECT_EQ(s.recv<int>(), 3);
 }
 
 TEST(Listener, NothingListeningIsASystemError) {
@@ -211,6 +222,78 @@ TEST(Address, Serializes) {
 TEST(Listener, RandomAuthkeysDiffer) {
   EXPECT_EQ(mproc::random_authkey().size(), 32u);
   EXPECT_NE(mproc::random_authkey(), mproc::random_authkey());
+}
+
+// ---- hostile access (issue 12 item 4) ---------------------------------------
+
+TEST(Listener, DefaultAddressIsAPrivateDirectoryRemovedOnClose) {
+  Listener l(kKey);
+  const std::filesystem::path sock(l.address().path), dir = sock.parent_path();
+  ASSERT_EQ(l.address().kind, Address::Kind::unix_socket);
+  struct stat st {};
+  ASSERT_EQ(::stat(dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  EXPECT_EQ(st.st_uid, ::geteuid());
+  expect_echo(l);
+  l.close();
+  EXPECT_FALSE(std::filesystem::exists(sock)) << "socket file left behind";
+  EXPECT_FALSE(std::filesystem::exists(dir)) << "socket directory left behind";
+}
+
+// 1,000 connections that never say a word do not delay accept(): the owner's
+// client, arriving after all of them, is served while they are still open.
+TEST(Listener, ThousandSilentConnectionsDoNotDelayTheOwner) {
+  rlimit lim{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &lim), 0);
+  const rlimit saved = lim;
+  if (lim.rlim_cur < 2300) {  // both ends of each connection live in this process
+    if (lim.rlim_max < 2300) GTEST_SKIP() << "RLIMIT_NOFILE hard limit " << lim.rlim_max << " < 2300";
+    lim.rlim_cur = 2300;
+    ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &lim), 0);
+  }
+  {
+    Listener l(kKey);
+    auto server = std::async(std::launch::async, [&] { return l.accept(); });
+    std::vector<Connection> silent;
+    for (int i = 0; i < 1000; ++i) silent.push_back(mproc::detail::connect_unauthenticated(l.address()));
+    const auto t0 = std::chrono::steady_clock::now();
+    Connection c = Client(l.address(), kKey);
+    Connection s = server.get();
+    // Wide margin (a loaded machine); one silent peer used to cost 10 s.
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 9s);
+    c.send(7);
+    EXPECT_EQ(s.recv<int>(), 7);
+    silent.clear();
+    expect_echo(l);  // and the next client too
+  }
+  ::setrlimit(RLIMIT_NOFILE, &saved);
+}
+
+TEST(Listener, AnotherUsersProcessIsClosedBeforeTheHandshake) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
+  Listener l(Address::unix_socket("@mproc-test-listener-" + std::to_string(::getpid())), kKey);
+  auto server = std::async(std::launch::async, [&] { return l.accept(); });
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(99);
+    try {
+      Connection c = mproc::detail::connect_unauthenticated(l.address());
+      if (!c.poll(30s)) ::_exit(3);
+      (void)c.recv_bytes();
+      ::_exit(4);  // it got a challenge
+    } catch (const mproc::ConnectionClosed&) {
+      ::_exit(0);
+    } catch (...) {
+      ::_exit(5);
+    }
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "exit " << WEXITSTATUS(status);
+  Connection c = Client(l.address(), kKey);  // the owner is served; accept() never threw
+  Connection s = server.get();
+  c.send(1);
+  EXPECT_EQ(s.recv<int>(), 1);
 }
 
 }  // namespace

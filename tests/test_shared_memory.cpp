@@ -3,14 +3,23 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
+#include <iterator>
+#include <stdexcept>
+#include <vector>
 #include <filesystem>
 #include <string>
 
 #include "mproc/process.hpp"
+#include "mproc/managers.hpp"
 #include "mproc/shared_memory.hpp"
+#include "mproc/sharedctypes.hpp"
+#include "mproc/synchronize.hpp"
 #include "shared_test_util.hpp"
 #include "support.hpp"
 
@@ -262,6 +271,251 @@ TEST_F(ShmTracker, JudgesOnlyCreatorsOfItsOwnPidNamespaceAndPid) {
   EXPECT_EQ(mproc::cleanup_leaked_segments(), 1u);
   EXPECT_FALSE(shm_exists(shm.name())) << "a dead creator's segment survived the sweep";
   EXPECT_EQ(shm.buf().size(), 64u);  // our mapping is untouched
+}
+
+// ---- hostile handles (issue 12 item 3) -------------------------------------
+// A peer's bytes, made with the archive itself (what save() would write, or a
+// forgery of it). The victim is a file of the attacker's choosing outside the
+// segment directory: after every refusal it must be unchanged.
+template <class... T>
+mproc::Bytes crafted(const T&... fields) {
+  mproc::Bytes b;
+  mproc::OutputArchive ar(b);
+  ar(fields...);
+  return b;
+}
+
+struct Victim {
+  static constexpr std::size_t kSize = 8192;
+  std::string path;
+  std::uint64_t dev = 0, ino = 0;
+  Victim() {
+    char t[] = "/tmp/mproc-victim-XXXXXX";
+    int fd = ::mkstemp(t);
+    if (fd < 0) throw std::runtime_error("mkstemp");
+    std::string data(kSize, 'V');
+    if (::write(fd, data.data(), data.size()) != static_cast<ssize_t>(data.size())) throw std::runtime_error("write");
+    struct stat st {};
+    ::fstat(fd, &st);
+    dev = st.st_dev;
+    ino = st.st_ino;
+    ::close(fd);
+    path = t;
+  }
+  ~Victim() { ::unlink(path.c_str()); }
+  bool untouched() const {
+    std::ifstream in(path, std::ios::binary);
+    std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return data == std::string(kSize, 'V');
+  }
+};
+
+class HostileHandle : public PrivateShmDir {
+ protected:
+  // A well-behaved sender's handle still works, data intact.
+  void expect_honest_handles_work() {
+    auto shm = SharedMemory::create("", 128);
+    fill(shm.buf(), 3);
+    auto back = mproc::from_bytes<SharedMemory>(mproc::to_bytes(shm));
+    EXPECT_TRUE(has(back.buf(), 3));
+    shm.unlink();
+    SharedMemory anon(256);
+    fill(anon.buf(), 4);
+    EXPECT_TRUE(has(mproc::from_bytes<SharedMemory>(mproc::to_bytes(anon)).buf(), 4));
+  }
+  template <class T = SharedMemory>
+  void expect_refused(const mproc::Bytes& bytes, const Victim& v) {
+    EXPECT_THROW((void)mproc::from_bytes<T>(bytes), mproc::Error);
+    EXPECT_TRUE(v.untouched()) << v.path << " was changed";
+  }
+};
+
+constexpr std::uint8_t kNamedHandle = 1, kProcHandle = 3;
+
+TEST_F(HostileHandle, DirectoryFromTheMessageIsNeverUsed) {
+  Victim v;
+  const auto slash = v.path.rfind('/');
+  // The old layout: kind, name, directory.
+  expect_refused(crafted(kNamedHandle, v.path.substr(slash + 1), v.path.substr(0, slash)), v);
+  expect_refused(crafted(kNamedHandle, std::string("../../") + v.path, v.dev, v.ino), v);
+  expect_honest_handles_work();
+}
+
+TEST_F(HostileHandle, SymlinkInTheSegmentDirectoryIsRefused) {
+  Victim v;
+  ASSERT_EQ(::symlink(v.path.c_str(), (dir_ + "/evil").c_str()), 0);
+  expect_refused(crafted(kNamedHandle, std::string("evil"), v.dev, v.ino), v);
+  EXPECT_THROW((void)SharedMemory::attach("evil"), mproc::SharedMemoryError);
+  EXPECT_TRUE(v.untouched());
+  ::unlink((dir_ + "/evil").c_str());
+  expect_honest_handles_work();
+}
+
+TEST_F(HostileHandle, FileWithoutMprocHeaderIsRefused) {
+  Victim v;
+  const std::string in_dir = dir_ + "/plain";
+  if (::link(v.path.c_str(), in_dir.c_str()) != 0) GTEST_SKIP() << "no hard link from " << dir_ << " to /tmp";
+  expect_refused(crafted(kNamedHandle, std::string("plain"), v.dev, v.ino), v);
+  ::unlink(in_dir.c_str());
+  // A real segment, but not the inode the sender named (replaced meanwhile).
+  auto shm = SharedMemory::create("real", 64);
+  EXPECT_THROW((void)mproc::from_bytes<SharedMemory>(crafted(kNamedHandle, std::string("real"), v.dev, v.ino)),
+               mproc::SharedMemoryError);
+  shm.unlink();
+  expect_honest_handles_work();
+}
+
+TEST_F(HostileHandle, ProcFdOfThisProcessNamingAFileIsRefused) {
+  Victim v;
+  int fd = ::open(v.path.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  const auto bytes = crafted(kProcHandle, std::int64_t{::getpid()}, std::int32_t{fd}, v.dev, v.ino,
+                             std::uint64_t{Victim::kSize});
+  expect_refused(bytes, v);
+  // Value, Array and locks hold a SharedMemory: same rule.
+  expect_refused<mproc::Value<int>>(
+      crafted(kProcHandle, std::int64_t{::getpid()}, std::int32_t{fd}, v.dev, v.ino, std::uint64_t{Victim::kSize},
+              std::uint64_t{1}, false),
+      v);
+  expect_refused<mproc::Lock>(crafted(kProcHandle, std::int64_t{::getpid()}, std::int32_t{fd}, v.dev, v.ino,
+                                      std::uint64_t{Victim::kSize}, std::uint64_t{0}),
+                              v);
+  ::close(fd);
+  expect_honest_handles_work();
+}
+
+TEST_F(HostileHandle, ProcFdOfAnotherProcessIsRefused) {
+  Victim v;
+  int fd = ::open(v.path.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  int go[2];
+  ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
+  const pid_t holder = ::fork();  // holds the victim open at fd until told to go
+  if (holder == 0) {
+    ::close(go[1]);
+    char c;
+    [[maybe_unused]] auto r = ::read(go[0], &c, 1);
+    ::_exit(0);
+  }
+  ::close(fd);
+  ::close(go[0]);
+  expect_refused(crafted(kProcHandle, std::int64_t{holder}, std::int32_t{fd}, v.dev, v.ino,
+                         std::uint64_t{Victim::kSize}),
+                 v);
+  ::close(go[1]);
+  int status = 0;
+  ::waitpid(holder, &status, 0);
+  // Even an mproc segment, when its holder is not this process or an ancestor
+  // (here: a child, which sends us its handle and waits).
+  int back[2], done[2];
+  ASSERT_EQ(::pipe2(back, O_CLOEXEC), 0);
+  ASSERT_EQ(::pipe2(done, O_CLOEXEC), 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::close(done[1]);
+    ::close(back[0]);
+    SharedMemory anon(4096);
+    const mproc::Bytes h = mproc::to_bytes(anon);
+    [[maybe_unused]] auto w = ::write(back[1], h.data(), h.size());
+    char c;
+    [[maybe_unused]] auto r = ::read(done[0], &c, 1);
+    ::_exit(0);
+  }
+  ::close(back[1]);
+  ::close(done[0]);
+  mproc::Bytes h(256);
+  const ssize_t n = ::read(back[0], h.data(), h.size());
+  ASSERT_GT(n, 0);
+  h.resize(static_cast<std::size_t>(n));
+  try {
+    (void)mproc::from_bytes<SharedMemory>(h);
+    ADD_FAILURE() << "opened a memfd of a process that is not an ancestor";
+  } catch (const mproc::SharedMemoryError& e) {
+    EXPECT_NE(std::string(e.what()).find("ancestor"), std::string::npos) << e.what();
+  }
+  ::close(done[1]);
+  ::close(back[0]);
+  ::waitpid(child, &status, 0);
+  // An ancestor's (a Process child decoding its parent's handle): honoured.
+  SharedMemory anon(4096);
+  fill(anon.buf(), 8);
+  mproc::Process p(with(StartMethod::fork), +[](mproc::Bytes handle) {
+    try {
+      if (!has(mproc::from_bytes<SharedMemory>(handle).buf(), 8)) ::_exit(4);
+    } catch (...) {
+      ::_exit(3);
+    }
+  }, mproc::to_bytes(anon));
+  p.start();
+  join_ok(p);
+  expect_honest_handles_work();
+}
+
+// ---- close/unlink, attach sizes, the sweep at start (issue 12 item 6) -------
+
+TEST_F(NamedShm, CloseThenUnlinkAsInPython) {
+  auto shm = SharedMemory::create("", 100);
+  const std::string name = shm.name();
+  shm.close();
+  EXPECT_EQ(shm.name(), name);
+  EXPECT_NO_THROW(shm.unlink());
+  EXPECT_FALSE(shm_exists(name));
+  EXPECT_THROW(shm.unlink(), mproc::SharedMemoryNotFound);
+}
+
+TEST_F(NamedShm, AttachAcceptsASizeUpToTheSegments) {
+  auto shm = SharedMemory::create("", 10000);
+  fill(shm.buf(), 6);
+  auto smaller = SharedMemory::attach(shm.name(), 5000);
+  EXPECT_EQ(smaller.size(), 10000u) << "buf() is the whole segment, as in Python";
+  EXPECT_TRUE(has(smaller.buf(), 6));
+  EXPECT_EQ(SharedMemory::attach(shm.name(), 10000).size(), 10000u);
+  try {
+    (void)SharedMemory::attach(shm.name(), 10001);
+    ADD_FAILURE() << "attached with a size larger than the segment";
+  } catch (const mproc::SharedMemoryError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("10000"), std::string::npos) << what;
+    EXPECT_NE(what.find("10001"), std::string::npos) << what;
+  }
+  shm.unlink();
+}
+
+TEST_F(ShmTracker, SegmentOfDeadCreatorIsGoneOnceAManagerStarts) {
+  const std::string name = "mproc_orphan_m_" + std::to_string(::getpid());
+  mproc::Process p(with(StartMethod::fork), create_and_die, name, true, true);
+  p.start();
+  p.join();
+  ASSERT_EQ(p.exitcode(), -SIGKILL);
+  ASSERT_TRUE(shm_exists(name));
+  mproc::Manager m;
+  m.start();
+  EXPECT_FALSE(shm_exists(name)) << "a SIGKILLed creator's segment outlived Manager::start";
+  auto l = m.list<int>();
+  l.append(1);
+  EXPECT_EQ(l.tolist(), std::vector<int>{1});
+  m.shutdown();
+}
+
+TEST_F(ShmTracker, SegmentOfDeadCreatorIsGoneOnceAProgramCallsInit) {
+  const std::string name = "mproc_orphan_i_" + std::to_string(::getpid());
+  mproc::Process p(with(StartMethod::fork), create_and_die, name, true, true);
+  p.start();
+  p.join();
+  ASSERT_EQ(p.exitcode(), -SIGKILL);
+  ASSERT_TRUE(shm_exists(name));
+  // A fresh program (this test binary, running no test): main() calls init().
+  const pid_t prog = ::fork();
+  if (prog == 0) {
+    int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, 1);
+    ::execl("/proc/self/exe", "mproc_tests", "--gtest_filter=NoSuchSuite.NoSuchTest", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(prog, &status, 0), prog);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_FALSE(shm_exists(name)) << "a SIGKILLed creator's segment outlived init()";
 }
 
 }  // namespace

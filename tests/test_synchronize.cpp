@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <mutex>
 #include <set>
+#include <stdexcept>
 #include <thread>
 
 #include "mproc/process.hpp"
@@ -286,5 +287,58 @@ TEST(Barrier, TimeoutBreaksItAndResetRepairsIt) {
   ASSERT_TRUE(q.join(60s));
   EXPECT_EQ(q.exitcode(), 7);
 }
+
+// ---- a holder that exits without releasing (issue 12 item 5) ----------------
+// Under spawn and forkserver the target's arguments used to be destroyed
+// (unmapping the lock) before the process exited, so the kernel could not
+// mark the robust mutex owner-dead: the lock stayed locked for ever.
+void hold_and_return(Lock lock) { lock.acquire(); }
+void hold_and_throw(Lock lock) {
+  lock.acquire();
+  throw std::runtime_error("left holding the lock");
+}
+void rhold_twice_and_return(RLock lock) {
+  lock.acquire();
+  lock.acquire();
+}
+
+class HolderExits : public testing::TestWithParam<StartMethod> {};
+
+template <class L>
+void expect_owner_died(L& lock) {
+  // 20 s: far above an uncontended acquire, even on a loaded machine.
+  ASSERT_TRUE(lock.acquire(true, std::chrono::seconds(20))) << "the lock stayed locked after its holder exited";
+  EXPECT_TRUE(lock.owner_died());
+  lock.release();
+  ASSERT_TRUE(lock.acquire(false)) << "the lock is usable again";
+  lock.release();
+}
+
+TEST_P(HolderExits, ReturningWithALockHeldLeavesItOwnerDead) {
+  Lock lock;
+  mproc::Process p(with(GetParam()), hold_and_return, lock);
+  p.start();
+  join_ok(p);
+  expect_owner_died(lock);
+}
+
+TEST_P(HolderExits, ThrowingWithALockHeldLeavesItOwnerDead) {
+  Lock lock;
+  mproc::Process p(with(GetParam()), hold_and_throw, lock);
+  p.start();
+  ASSERT_TRUE(p.join(60s));
+  EXPECT_EQ(p.exitcode(), 1);
+  expect_owner_died(lock);
+}
+
+TEST_P(HolderExits, ReturningWithAnRLockHeldTwiceLeavesItOwnerDead) {
+  RLock lock;
+  mproc::Process p(with(GetParam()), rhold_twice_and_return, lock);
+  p.start();
+  join_ok(p);
+  expect_owner_died(lock);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllMethods, HolderExits, MPROC_ALL_METHODS);
 
 }  // namespace

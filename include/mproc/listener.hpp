@@ -18,13 +18,22 @@
 // made it), "unix:@name" (the abstract namespace: nothing on disk),
 // "tcp://127.0.0.1:5000", "tcp://[::1]:5000". A TCP address without a host
 // binds loopback: serving other machines takes an explicit "0.0.0.0" / "::".
+// No address (Listener(authkey), or a Unix address with an empty path): a
+// socket in a fresh 0700 directory under $TMPDIR (as CPython), both removed
+// by close(): only this user can reach it.
+//
+// Unix sockets serve only this user: a peer whose uid (SO_PEERCRED) is not
+// ours is closed before the handshake; the authkey is still required.
 #pragma once
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "mproc/connection.hpp"
 #include "mproc/errors.hpp"
@@ -51,15 +60,21 @@ struct Address {
   void load(InputArchive& ar);
 };
 
-// How long a handshake may take before the peer is refused.
+// How long a handshake step may take before the peer is refused.
 inline constexpr std::chrono::seconds kHandshakeTimeout{10};
+// Listener::accept(): clients that have not answered their challenge yet, at
+// most this many (the oldest is dropped for a newcomer) and for this long.
+inline constexpr std::size_t kMaxPendingHandshakes = 32;
+inline constexpr std::chrono::seconds kHandshakeDeadline{3};
 
 class Listener {
  public:
-  Listener() = default;
+  Listener();
   // Binds and listens. Throws std::system_error (EADDRINUSE, ...) or
   // std::invalid_argument for a malformed address.
   Listener(Address address, std::string authkey, int backlog = 128);
+  // A private Unix socket (see above).
+  explicit Listener(std::string authkey) : Listener(Address{}, std::move(authkey)) {}
   Listener(Listener&&) noexcept;
   Listener& operator=(Listener&&) noexcept;
   Listener(const Listener&) = delete;
@@ -67,10 +82,13 @@ class Listener {
   ~Listener();
 
   // The next client, authenticated (AuthenticationError when its key is
-  // wrong or its handshake malformed or later than kHandshakeTimeout).
+  // wrong or its handshake malformed). Clients still to answer their
+  // challenge wait side by side (kMaxPendingHandshakes, kHandshakeDeadline):
+  // silent ones are dropped, never block the next client.
   Connection accept();
   // The next client with no handshake yet: for servers that authenticate on
-  // a thread of their own (then call detail::authenticate_server on it).
+  // a thread of their own (then call detail::authenticate_server on it). A
+  // closed Connection when the peer was another user's process (refused).
   Connection accept_unauthenticated();
   void close() noexcept;
   bool closed() const noexcept { return fd_ < 0; }
@@ -87,6 +105,9 @@ class Listener {
   Address address_;
   std::string authkey_;
   pid_t owner_ = 0;  // only the process that bound a path unlinks it
+  std::string private_dir_;  // the 0700 directory made for the socket, or empty
+  struct PendingHandshake;
+  std::vector<std::unique_ptr<PendingHandshake>> pending_;  // see accept()
 };
 
 // Connects and authenticates. Throws std::system_error when nothing listens

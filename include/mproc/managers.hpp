@@ -302,16 +302,28 @@ inline std::uint64_t reply_u64(const CallResult& r) { return r.reader().u64(); }
 namespace mproc {
 
 struct ManagerOptions {
-  // Where the server listens. Default (start()): a Unix socket in the abstract
-  // namespace with a random name. serve_forever()/connect() need one.
+  // Where the server listens. Default (start()): a Unix socket in a fresh
+  // 0700 directory (as CPython), removed with the server: only this user can
+  // reach it, and a Unix-socket peer of another uid is refused before the
+  // handshake anyway. serve_forever()/connect() need one.
   std::optional<Address> address;
   // Default (start()): 32 random bytes. Empty is allowed for connect/serve
   // only when the other side also uses an empty key.
   std::string authkey;
   // Largest request the server reads; larger frames drop the connection.
   std::uint64_t max_message_size = std::uint64_t{64} << 20;
-  // Connections served at once; more are refused (closed at once).
+  // Authenticated connections served at once; more are refused (closed).
   std::size_t max_connections = 512;
+  // Bytes the server buffers for requests in flight, all clients together. A
+  // request over 64 KiB reserves its announced length first; one that does
+  // not fit gets a MessageTooLarge error reply naming both figures and its
+  // connection ends, so stalled clients cost the server at most this.
+  std::uint64_t max_buffered_bytes = std::uint64_t{256} << 20;
+  // Connections still in their handshake, counted apart from the above: at
+  // most this many (the oldest is dropped for a newcomer), each dropped after
+  // handshake_deadline. Silent peers never crowd out authenticated clients.
+  std::size_t max_unauthenticated = 32;
+  std::chrono::milliseconds handshake_deadline{3000};
 };
 
 class Manager {
@@ -341,6 +353,9 @@ class Manager {
   bool running() const noexcept { return state_ != State::idle; }
   const Address& address() const noexcept { return address_; }
   const std::string& authkey() const noexcept { return authkey_; }
+  // The server process started by start() (0 otherwise), as Python's
+  // manager._process.pid: for monitoring it (memory, fds).
+  pid_t server_pid() const noexcept;
   // The server process started by start(), if any.
   Process* server_process() noexcept { return server_.get(); }
 

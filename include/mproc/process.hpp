@@ -36,6 +36,7 @@
 #include "mproc/errors.hpp"
 #include "mproc/function_ref.hpp"
 #include "mproc/serialize.hpp"
+#include "mproc/shared_memory.hpp"
 
 namespace mproc {
 
@@ -69,7 +70,14 @@ void remote_entry(std::span<const std::byte> payload, std::vector<int>& fds) {
   InputArchive ar(payload, &fds);
   try {
     F fn = load_callable<F>(ar);
-    ar(args);
+    // The shared memory of the arguments stays mapped until this process
+    // exits, whatever the target does with them: a Lock it returns or throws
+    // holding is then marked owner-dead by the kernel at exit (a robust mutex
+    // that is no longer mapped would stay locked for ever).
+    {
+      RetainDecodedSegments retain;
+      ar(args);
+    }
     std::apply(fn, std::move(args));
   } catch (const cereal::Exception& e) {
     throw_deserialize(typeid(std::tuple<F, A...>).name(), e.what());

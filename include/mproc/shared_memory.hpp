@@ -9,8 +9,8 @@
 //
 // - Named segments are POSIX shm objects (files in /dev/shm, as shm_open
 //   makes them; $MPROC_SHM_DIR names another tmpfs directory), attachable by
-//   name from any process; the handle a child receives names the directory. A 4 KiB header page before buf() records the size and the
-//   creator (pid + start time). Only unlink() removes a name; attaching or
+//   name from any process. A 4 KiB header page before buf() records the size
+//   and the creator (pid + start time). Only unlink() removes a name; attaching or
 //   closing never does (CPython's resource_tracker unlinks live segments).
 // - The tracker: creating a named segment first sweeps /dev/shm for mproc
 //   segments whose creator died without unlinking them, so /dev/shm never
@@ -24,6 +24,12 @@
 //   copy of the data: a named one by name, an anonymous one as its fd (to a
 //   Process) or as /proc/<pid>/fd/<n> of a live holder (to a pool task,
 //   whose arguments carry no fds; the sender must keep it open until then).
+// - A handle decoded from a message never names a file (docs/security.md):
+//   a name is looked up only in this process's segment directory, opened
+//   without following links, and must be a regular file of our uid with
+//   mproc's header and the sender's device/inode; a /proc fd must be one of
+//   mproc's memfds held by this process or an ancestor. Anything else throws
+//   SharedMemoryError.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -55,29 +61,36 @@ class SharedMemory {
   static SharedMemory create(std::string_view name, std::size_t size, bool track = true) {
     return SharedMemory(name, true, size, track);
   }
+  // size: at most the segment's (SharedMemoryError naming both byte counts
+  // otherwise); buf() is always the whole segment, as in Python.
   static SharedMemory attach(std::string_view name, std::size_t size = 0) { return SharedMemory(name, false, size); }
 
   std::span<std::byte> buf() const;
   std::byte* data() const { return buf().data(); }
   std::size_t size() const;
-  const std::string& name() const;  // empty when anonymous
+  const std::string& name() const;  // empty when anonymous; still there after close()
   bool anonymous() const;
   // The segment's fd (owned by this handle; valid until close()).
   int fileno() const;
   bool closed() const noexcept { return !seg_; }
   // Drops this handle's mapping (and fd); the segment lives on elsewhere.
   void close() noexcept { seg_.reset(); }
-  // Removes the name (named segments; mappings stay valid). Throws
-  // SharedMemoryNotFound when it is already gone.
+  // Removes the name (named segments; mappings stay valid), also after
+  // close() as in Python. Throws SharedMemoryNotFound when it is already gone.
   void unlink();
 
   void save(OutputArchive& ar) const;
   void load(InputArchive& ar);
 
  private:
-  SharedMemory(std::string_view name, bool create, std::size_t size, bool track, std::string dir);
+  // opened_fd: attach through this fd (already opened and checked), not by name.
+  SharedMemory(std::string_view name, bool create, std::size_t size, bool track, std::string dir,
+               int opened_fd = -1);
   const detail::Segment& seg(const char* op) const;
   std::shared_ptr<detail::Segment> seg_;
+  // Kept by the handle, not the mapping: unlink() works after close().
+  std::string name_;
+  std::string dir_;
 };
 
 // The tracker's sweep: removes the mproc segments in /dev/shm (or
@@ -87,6 +100,23 @@ std::size_t cleanup_leaked_segments();
 std::size_t cleanup_leaked_segments(const std::string& dir);
 
 namespace detail {
+// While one lives on this thread, every SharedMemory decoded stays mapped
+// until the process exits, whatever happens to the object. A spawned or
+// forkserver child decodes its target's arguments under one: a Lock the
+// target leaves held (returning or throwing) is still mapped when the process
+// exits, so the kernel marks it owner-dead for the next acquirer instead of
+// leaving it locked for ever (robust futexes need the mapping).
+class RetainDecodedSegments {
+ public:
+  RetainDecodedSegments() noexcept;
+  ~RetainDecodedSegments();
+  RetainDecodedSegments(const RetainDecodedSegments&) = delete;
+  RetainDecodedSegments& operator=(const RetainDecodedSegments&) = delete;
+
+ private:
+  bool previous_;
+};
+
 // Checks a segment name: not empty, at most 255 bytes, no '/' and not "." or
 // "..". Throws InvalidSharedMemoryName naming the problem.
 void check_shm_name(std::string_view name);

@@ -32,7 +32,7 @@ run() {
       "corpus-$name" "../fuzz/corpus/$name"
 }
 run manager $((TOTAL / 2))
-# A receive buffer sized by an announced length (up to 1 GiB) rather than
-# by the bytes received (at most 64 KiB here) is a 2 MiB+ allocation.
-run connection $((TOTAL / 4)) -malloc_limit_mb=2
+# The stream is at most 64 KiB, so a receive buffer reserves at most 64 x
+# that (4 MiB); one sized by an announced length (up to 1 GiB) is caught.
+run connection $((TOTAL / 4)) -malloc_limit_mb=8
 run serialize $((TOTAL / 4)) -malloc_limit_mb=64

@@ -2,7 +2,7 @@
 # (build + run the test suite). Both install missing Debian packages first.
 BUILD ?= build
 JOBS  ?= $(shell nproc)
-FUZZ_SECONDS ?= 30
+FUZZ_SECONDS ?= 60
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
 .PHONY: deps configure build demo test bench package clean
@@ -19,12 +19,13 @@ build: configure
 demo: build
 	@./$(BUILD)/examples/demo
 
-# The install check (README examples included), the manager fuzzer for a
-# bounded time over its committed corpus (clang, ASan + UBSan), then the tests.
+# The install check (README examples included), the fuzzers (manager,
+# Connection frames, serializer) for FUZZ_SECONDS in all over their committed
+# corpora (clang, ASan + UBSan), then the tests.
 test: build
 	@./scripts/check-consumer.sh $(BUILD)
 	@./scripts/fuzz.sh $(FUZZ_SECONDS) > $(BUILD)/fuzz.log 2>&1 \
-	  && echo "fuzz: $$(grep -E '^Done [0-9]+ runs' $(BUILD)/fuzz.log)" \
+	  && echo "fuzz: $$(grep -E '^(== fuzz_|Done [0-9]+ runs)' $(BUILD)/fuzz.log | paste -sd ' ')" \
 	  || { tail -n 60 $(BUILD)/fuzz.log; echo "fuzz: FAILED (full log: $(BUILD)/fuzz.log)"; exit 1; }
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300
 

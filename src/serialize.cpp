@@ -6,6 +6,9 @@
 
 #include <cstdlib>
 #include <memory>
+#include <new>
+#include <stdexcept>
+#include <string>
 
 namespace mproc {
 
@@ -15,13 +18,30 @@ void InputArchive::throw_short(std::size_t wanted) const {
                          std::to_string(in_.size()) + " remain");
 }
 
-void InputArchive::throw_size(std::uint64_t size) const {
-  throw DeserializeError("size tag of " + std::to_string(size) + " elements at offset " + std::to_string(pos_) +
-                         " exceeds the " + std::to_string(remaining()) + " bytes that remain");
+void InputArchive::throw_size(std::uint64_t size, std::size_t each) const {
+  std::string what = "size tag of " + std::to_string(size) + " elements";
+  if (each > 1) what += " of at least " + std::to_string(each) + " bytes each";
+  throw DeserializeError(what + " at offset " + std::to_string(pos_) + " exceeds the " +
+                         std::to_string(remaining()) + " bytes that remain");
 }
 
 void throw_deserialize(const char* type, const char* what) {
   throw DeserializeError("cannot deserialize " + demangle(type) + ": " + what);
+}
+
+void throw_decode_failure(const char* type, const InputArchive& ar) {
+  std::string what;
+  try {
+    throw;
+  } catch (const std::bad_alloc&) {
+    what = "out of memory (std::bad_alloc)";
+  } catch (const std::length_error& e) {
+    what = std::string("std::length_error: ") + e.what();
+  } catch (const std::exception& e) {
+    what = e.what();
+  }
+  throw DeserializeError("cannot deserialize " + demangle(type) + " from " + std::to_string(ar.size()) +
+                         " bytes: " + what + " (stopped at offset " + std::to_string(ar.position()) + ")");
 }
 
 std::uint32_t type_fingerprint(const char* mangled_name) noexcept {

@@ -445,12 +445,20 @@ TEST(SerializeErrors, DeserializeErrorNamesTheType) {
     EXPECT_NE(std::string(e.what()).find("Person"), std::string::npos) << e.what();
   }
   Bytes cut = to_bytes(std::vector<int>{1, 2, 3});
-  cut.pop_back();
+  cut.pop_back();  // the count no longer fits what follows it
   try {
     (void)from_bytes<std::vector<int>>(cut);
     FAIL() << "no exception";
   } catch (const mproc::DeserializeError& e) {
     EXPECT_NE(std::string(e.what()).find("std::vector<int"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("3 elements of at least 4 bytes each"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("from 19 bytes"), std::string::npos) << e.what();
+  }
+  cut.resize(5);  // inside the size tag
+  try {
+    (void)from_bytes<std::vector<int>>(cut);
+    FAIL() << "no exception";
+  } catch (const mproc::DeserializeError& e) {
     EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
   }
 }

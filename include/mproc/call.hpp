@@ -4,6 +4,7 @@
 // spawn/forkserver and by every pool task.
 #pragma once
 #include <functional>
+#include <optional>
 #include <span>
 #include <tuple>
 #include <type_traits>
@@ -81,17 +82,18 @@ using CallEntry = void (*)(std::span<const std::byte> in, Bytes& out);
 template <class F, class... A>
 void call_entry(std::span<const std::byte> in, Bytes& out) {
   InputArchive ar(in);
+  std::optional<F> fn;
   std::tuple<A...> args;
-  try {
-    F fn = load_callable<F>(ar);
+  // Decoding errors (bad_alloc included) become DeserializeError; what the
+  // target itself throws keeps its type.
+  decode_with(typeid(std::tuple<F, A...>).name(), ar, [&] {
+    fn.emplace(load_callable<F>(ar));
     ar(args);
-    if constexpr (std::is_void_v<call_result_t<F, A...>>) {
-      std::apply(fn, std::move(args));
-    } else {
-      serialize_into(out, std::apply(fn, std::move(args)));
-    }
-  } catch (const cereal::Exception& e) {
-    throw_deserialize(typeid(std::tuple<F, A...>).name(), e.what());
+  });
+  if constexpr (std::is_void_v<call_result_t<F, A...>>) {
+    std::apply(*fn, std::move(args));
+  } else {
+    serialize_into(out, std::apply(*fn, std::move(args)));
   }
 }
 
@@ -132,27 +134,27 @@ template <class F, class Item, bool Star>
 void chunk_entry(std::span<const std::byte> in, Bytes& out) {
   using R = chunk_result_t<F, Item, Star>;
   InputArchive ar(in);
+  std::optional<F> fn_slot;
   std::vector<Item> items;
-  try {
-    F fn = load_callable<F>(ar);
+  decode_with(typeid(std::vector<Item>).name(), ar, [&] {
+    fn_slot.emplace(load_callable<F>(ar));
     ar(items);
-    std::vector<stored_result_t<R>> results;
-    results.reserve(items.size());
-    for (auto& item : items) {
-      if constexpr (std::is_void_v<R>) {
-        if constexpr (Star) std::apply(fn, std::move(item));
-        else fn(std::move(item));
-        results.push_back(0);
-      } else if constexpr (Star) {
-        results.push_back(std::apply(fn, std::move(item)));
-      } else {
-        results.push_back(fn(std::move(item)));
-      }
+  });
+  F& fn = *fn_slot;
+  std::vector<stored_result_t<R>> results;
+  results.reserve(items.size());
+  for (auto& item : items) {
+    if constexpr (std::is_void_v<R>) {
+      if constexpr (Star) std::apply(fn, std::move(item));
+      else fn(std::move(item));
+      results.push_back(0);
+    } else if constexpr (Star) {
+      results.push_back(std::apply(fn, std::move(item)));
+    } else {
+      results.push_back(fn(std::move(item)));
     }
-    serialize_into(out, results);
-  } catch (const cereal::Exception& e) {
-    throw_deserialize(typeid(std::vector<Item>).name(), e.what());
   }
+  serialize_into(out, results);
 }
 
 template <class F, class Item, bool Star, class It>

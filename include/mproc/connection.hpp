@@ -18,6 +18,12 @@
 // - an announced length over the limit: MessageTooLarge, before anything is
 //   allocated; the message stays pending and a later call with a larger limit
 //   reads it;
+// - memory follows the bytes received: the payload buffer starts at 64 KiB
+//   (or the length, if smaller) and doubles only when full, so a header
+//   announcing 1 GiB costs nothing until its bytes arrive;
+// - a read that times out (SO_RCVTIMEO on the socket, or O_NONBLOCK):
+//   TimeoutError, with the part of the message received kept; the next call
+//   resumes it;
 // - recv<T>() of a message of another type: TypeMismatch; stays pending;
 // - recv/send/poll on a closed connection or in a direction the connection
 //   does not have: mproc::Error ("recv on a write-only connection");
@@ -107,10 +113,13 @@ class Connection {
   // before anything is allocated.
   void set_max_message_size(std::uint64_t n) noexcept { max_message_size_ = n; }
   std::uint64_t max_message_size() const noexcept { return max_message_size_; }
-  // True when a header has been read whose payload is still waiting.
   // True when a message (or part of one) was already read from the socket:
   // a header whose payload waits, or bytes in the read buffer.
   bool has_pending() const noexcept { return pending_.has_value() || rpos_ < rlen_; }
+  // True when a recv would answer without waiting for the socket: a whole
+  // header is buffered, or pending and not yet begun (wait() and poll() count
+  // it as ready; a part of a message is not).
+  bool ready_now() const noexcept;
 
   static constexpr std::size_t kHeaderSize = 16;
 
@@ -144,9 +153,17 @@ class Connection {
   // Checks the next header against the limit and tag; returns its length.
   std::uint64_t begin_frame(const char* op, std::uint32_t expect_tag, std::uint64_t limit,
                             const char* type_name);
-  // Reads the pending header's payload into dst (exactly its length).
-  void read_payload(std::byte* dst, std::uint64_t length);
   const Header& next_header();
+  // Reads until rbuf_ holds a whole header; false at end of file.
+  bool fill_header();
+  // Up to n bytes of the stream (read-ahead first); 0 at end of file.
+  std::size_t read_some(std::byte* dst, std::size_t n);
+  // Receives the pending `length`-byte payload into dst[0, upto), after
+  // what in_ kept.
+  void receive_into(std::byte* dst, std::size_t upto, std::size_t length);
+  // Receives the pending payload into in_, growing it as bytes arrive.
+  Bytes receive_payload(std::uint64_t length);
+  void drop_frame() noexcept;
   void require_open(const char* op, bool want_read) const;
   void write_frame(const std::byte* data, std::size_t n);
 
@@ -160,7 +177,10 @@ class Connection {
   // several small messages at once. poll()/wait() count what it holds.
   Bytes rbuf_;
   std::size_t rpos_ = 0, rlen_ = 0;
-  std::size_t read_exact(void* dst, std::size_t n);
+  // The pending frame's payload received so far: in_[0, in_got_).
+  Bytes in_;
+  std::size_t in_got_ = 0;
+  bool resuming_ = false;  // a recv began the pending payload and timed out
 };
 
 // Python's Pipe(duplex): duplex gives two read-write ends; otherwise
@@ -172,7 +192,7 @@ struct Waitable {
   int fd;
   bool ready_now = false;  // a Connection with a pending message
   Waitable(int f) : fd(f) {}  // NOLINT(google-explicit-constructor)
-  Waitable(const Connection& c) : fd(c.fileno()), ready_now(c.has_pending()) {}  // NOLINT
+  Waitable(const Connection& c) : fd(c.fileno()), ready_now(c.ready_now()) {}  // NOLINT
   Waitable(const Process& p) : fd(p.sentinel()) {}  // NOLINT
 };
 

@@ -3,8 +3,12 @@
 // - Arithmetic types, strings, standard containers, pair/tuple, optional,
 //   variant, chrono and trivially copyable structs need no user code.
 // - User types add cereal's `template <class A> void serialize(A&)`.
-// - The input archive bounds every size it reads by the bytes that remain, so
-//   a hostile length never turns into a huge allocation.
+// - The input archive cannot be made to amplify: every element count is
+//   checked against the bytes left divided by the fewest bytes one element
+//   can take (detail::min_wire_size), and a container allocates up front at
+//   most kMaxAmplification times the bytes left, growing past that only as
+//   elements are actually decoded. bad_alloc / length_error while decoding
+//   become DeserializeError.
 #pragma once
 #include <cereal/archives/binary.hpp>  // probe archives for detail::bitwise
 #include <cereal/cereal.hpp>
@@ -35,9 +39,11 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <new>
 #include <optional>
 #include <set>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -88,7 +94,10 @@ class InputArchive : public cereal::InputArchive<InputArchive, cereal::AllowEmpt
   }
   std::size_t remaining() const noexcept { return in_.size() - pos_; }
   [[noreturn]] void throw_short(std::size_t wanted) const;
-  [[noreturn]] void throw_size(std::uint64_t size) const;
+  // A count of `size` elements of at least `each` bytes does not fit.
+  [[noreturn]] void throw_size(std::uint64_t size, std::size_t each = 1) const;
+  std::size_t position() const noexcept { return pos_; }
+  std::size_t size() const noexcept { return in_.size(); }
   // The received fd at index (ownership passes to the caller).
   int take_fd(std::uint32_t index, const char* what);
 
@@ -116,10 +125,11 @@ template <class T>
 void CEREAL_SAVE_FUNCTION_NAME(OutputArchive& ar, const cereal::SizeTag<T>& t) {
   ar(t.size);
 }
-// Every element takes at least one byte of input, so a count above the bytes
-// left is a lie: reject it before the container resizes. (Limitation: this
-// also rejects containers of elements that serialize to zero bytes, such as
-// std::vector<std::monostate>; such containers cannot be received.)
+// The fallback for a size tag read by a container mproc does not load itself
+// (below): every element takes at least one byte of input, so a count above
+// the bytes left is a lie. (Limitation: this, and the loads below, reject
+// containers of elements that serialize to zero bytes, such as
+// std::vector<std::monostate>, longer than the bytes left.)
 template <class T>
 void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, cereal::SizeTag<T>& t) {
   ar(t.size);
@@ -248,23 +258,40 @@ Bytes to_bytes(const Ts&... values) {
 
 [[noreturn]] void throw_deserialize(const char* type, const char* what);
 
+// What decoding can throw, as DeserializeError naming the type and where in
+// the input it failed: a short read or a size tag (DeserializeError), a
+// cereal error (bad variant index), and bad_alloc / length_error (memory
+// ran out, under a limit, for an allocation the bounds let through).
+[[noreturn]] void throw_decode_failure(const char* type, const InputArchive& ar);
+
+// Runs decode() over ar and turns what it throws into throw_decode_failure.
+// Only the decoding goes inside: an error from the user's own code must
+// keep its type.
+template <class F>
+void decode_with(const char* type, InputArchive& ar, F&& decode) {
+  try {
+    decode();
+  } catch (const DeserializeError&) {
+    throw_decode_failure(type, ar);
+  } catch (const cereal::Exception&) {
+    throw_decode_failure(type, ar);
+  } catch (const std::bad_alloc&) {
+    throw_decode_failure(type, ar);
+  } catch (const std::length_error&) {
+    throw_decode_failure(type, ar);
+  }
+}
+
 // Reads exactly one T from the bytes; trailing bytes are an error.
 template <class T>
 T from_bytes(std::span<const std::byte> in) {
   static_assert(is_serializable_v<T>, "mproc: this type cannot be deserialized");
   static_assert(std::is_default_constructible_v<T>, "mproc: received types must be default-constructible");
   T value{};
-  std::size_t left = 0;
-  try {
-    InputArchive ar(in);
-    ar(value);
-    left = ar.remaining();
-  } catch (const DeserializeError& e) {  // short read or size tag: name the type
-    throw_deserialize(typeid(T).name(), e.what());
-  } catch (const cereal::Exception& e) {
-    throw_deserialize(typeid(T).name(), e.what());
-  }
-  if (left != 0) throw_deserialize(typeid(T).name(), (std::to_string(left) + " trailing bytes after the value").c_str());
+  InputArchive ar(in);
+  decode_with(typeid(T).name(), ar, [&] { ar(value); });
+  if (ar.remaining() != 0)
+    throw_deserialize(typeid(T).name(), (std::to_string(ar.remaining()) + " trailing bytes after the value").c_str());
   return value;
 }
 
@@ -313,6 +340,8 @@ void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::vector<std::byte, Alloc>& 
 }
 
 }  // namespace mproc
+
+#include "mproc/serialize_bounded.hpp"  // container loads that cannot amplify
 
 CEREAL_SETUP_ARCHIVE_TRAITS(mproc::InputArchive, mproc::OutputArchive)
 CEREAL_REGISTER_ARCHIVE(mproc::OutputArchive)

@@ -44,6 +44,7 @@
 #include <thread>
 
 #include "engine_state.hpp"
+#include "mproc/shared_memory.hpp"
 #include "pool_protocol.hpp"
 #include "result_ring.hpp"
 #include "sys/fd.hpp"
@@ -567,6 +568,9 @@ struct Engine::Impl : Progress {
 };
 
 Engine::Engine(EngineOptions options) : impl_(std::make_shared<Impl>()) {
+  // Named segments whose creator died (SIGKILL) go when a pool starts, not at
+  // some later create (docs/security.md).
+  cleanup_leaked_segments();
   Impl& m = *impl_;
   m.opt = std::move(options);
   if (m.opt.workers == 0) m.opt.workers = cpu_count();

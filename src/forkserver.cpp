@@ -175,6 +175,7 @@ void start_server(bool by_fork) {
   const pid_t owner = ::getpid();
   pid_t pid;
   if (by_fork) {
+    flush_stdio();  // its children exit through finish(), which flushes
     pid = ::fork();
     if (pid < 0) sys::throw_errno("fork (fork server)");
     if (pid == 0) {

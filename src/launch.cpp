@@ -23,9 +23,7 @@ constexpr std::uint32_t kMaxErrorFrame = 64u << 10;
 constexpr std::size_t kMaxErrorText = 16u << 10;
 
 [[noreturn]] void finish(int code) {
-  std::fflush(nullptr);
-  std::cout.flush();
-  std::cerr.flush();
+  flush_stdio();
   ::_exit(code);
 }
 
@@ -75,6 +73,16 @@ void write_launch(int ctrl_fd, const LaunchMessage& msg, std::span<const int> fd
   std::memcpy(frame.data(), &len, sizeof len);
   sys::send_with_fds(ctrl_fd, frame.data(), sizeof len, fds);
   sys::write_all(ctrl_fd, frame.data() + sizeof len, len, true);
+}
+
+void flush_stdio() noexcept {
+  try {
+    std::cout.flush();  // has its own buffer after sync_with_stdio(false)
+    std::clog.flush();
+  } catch (...) {  // a stream set to throw: what it held stays there
+  }
+  std::fflush(stdout);
+  std::fflush(stderr);
 }
 
 void run_forked_child(int ctrl_fd, pid_t parent, const ProcessInfo& self, const std::function<void()>& target) {

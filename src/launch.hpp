@@ -40,6 +40,12 @@ void write_launch(int ctrl_fd, const LaunchMessage& msg, std::span<const int> fd
                                    const std::function<void()>& target);
 [[noreturn]] void run_launched_child(int ctrl_fd, pid_t parent);
 
+// Writes out what this process's stdio (C and C++ streams) holds. Called
+// before every fork, spawn and fork-server request, as CPython flushes
+// sys.stdout/sys.stderr: a fork child would print the parent's unwritten
+// lines again, and under any method they would come out after the child's.
+void flush_stdio() noexcept;
+
 // Kills this process if `parent` is not its parent any more, and arranges
 // SIGKILL when the parent dies (closing the fork race).
 void die_with_parent(pid_t parent) noexcept;

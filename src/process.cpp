@@ -207,6 +207,7 @@ void Process::start() {
   if (chld.sa_handler == SIG_IGN || (chld.sa_flags & SA_NOCLDWAIT))
     throw std::logic_error("mproc::Process::start: SIGCHLD is ignored (SIG_IGN or SA_NOCLDWAIT) in this process; "
                            "children could not be joined");
+  detail::flush_stdio();
   auto [mine, theirs] = sys::socket_pair(SOCK_STREAM);
   s.ctrl = std::move(mine);
   s.owner = ::getpid();

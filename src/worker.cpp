@@ -7,9 +7,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <deque>
 #include <fstream>
 
+#include "launch.hpp"
 #include "pool_protocol.hpp"
 
 namespace mproc::detail {
@@ -103,6 +105,11 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
   // The socket only brings tasks: nothing a task writes into it reaches the
   // engine (see pool_protocol.hpp).
   sys::check(::shutdown(conn.fileno(), SHUT_WR), "shutdown(pool worker socket)");
+  // Whole lines go out as tasks print them, even into a file or a pipe: a
+  // worker can be killed at any time (terminate(), the pool's destructor, a
+  // deadline, a crash), and no line a task printed may be lost with it.
+  // The partial line a task leaves is written when it returns (below).
+  std::setvbuf(stdout, nullptr, _IOLBF, BUFSIZ);
   if (config.initializer) {
     Bytes ignored;
     try {
@@ -140,6 +147,7 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
       result.ok = false;
       result.data = to_bytes(capture_error(std::current_exception()));
     }
+    flush_stdio();  // its output is written before its result can be seen
     ++done;
     result.retiring = (config.max_tasks && done >= config.max_tasks) ||
                       (config.max_memory && resident_bytes() > config.max_memory);

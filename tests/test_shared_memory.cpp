@@ -17,6 +17,7 @@
 
 #include "mproc/process.hpp"
 #include "mproc/managers.hpp"
+#include "mproc/pool.hpp"
 #include "mproc/shared_memory.hpp"
 #include "mproc/sharedctypes.hpp"
 #include "mproc/synchronize.hpp"
@@ -495,6 +496,20 @@ TEST_F(ShmTracker, SegmentOfDeadCreatorIsGoneOnceAManagerStarts) {
   l.append(1);
   EXPECT_EQ(l.tolist(), std::vector<int>{1});
   m.shutdown();
+}
+
+int twice(int x) { return 2 * x; }
+
+TEST_F(ShmTracker, SegmentOfDeadCreatorIsGoneOnceAPoolStarts) {
+  const std::string name = "mproc_orphan_p_" + std::to_string(::getpid());
+  mproc::Process p(with(StartMethod::fork), create_and_die, name, true, true);
+  p.start();
+  p.join();
+  ASSERT_EQ(p.exitcode(), -SIGKILL);
+  ASSERT_TRUE(shm_exists(name));
+  mproc::Pool pool(1);
+  EXPECT_FALSE(shm_exists(name)) << "a SIGKILLed creator's segment outlived Pool's start";
+  EXPECT_EQ(pool.apply(twice, 21), 42);
 }
 
 TEST_F(ShmTracker, SegmentOfDeadCreatorIsGoneOnceAProgramCallsInit) {

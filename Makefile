@@ -5,7 +5,7 @@ JOBS  ?= $(shell nproc)
 FUZZ_SECONDS ?= 30
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: deps configure build demo test bench clean
+.PHONY: deps configure build demo test bench clean asan tsan
 
 deps:
 	@./scripts/install-deps.sh
@@ -28,8 +28,19 @@ test: build
 	  || { tail -n 60 $(BUILD)/fuzz.log; echo "fuzz: FAILED (full log: $(BUILD)/fuzz.log)"; exit 1; }
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300
 
+# Sanitizer builds of the test suite (docs/development.md): ASan + UBSan in
+# build-asan/, ThreadSanitizer in build-tsan/ (the CMake presets of the same
+# names), then the suite under them. SAN_TESTS: a ctest -R regex to run only
+# some tests; SAN_EXCLUDE: a ctest -E regex.
+SAN_TESTS ?= .
+SAN_EXCLUDE ?= ^$$
+asan tsan: deps
+	@cmake --preset $@ $(SAN_CMAKE_FLAGS) >/dev/null
+	@cmake --build build-$@ -j $(JOBS) --target mproc_tests
+	@cd build-$@ && ctest --output-on-failure -j $(JOBS) --timeout 600 -R '$(SAN_TESTS)' -E '$(SAN_EXCLUDE)'
+
 bench: build
 	@python3 bench/compare.py --build $(BUILD)
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan build-tsan

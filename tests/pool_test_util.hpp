@@ -190,6 +190,12 @@ inline pid_t meet_then_pid(std::string mine, std::string other) {
   write_file(mine, "x");
   return wait_for_file(other) ? ::getpid() : -1;
 }
+// Blocks on `gate`, then creates `done`.
+inline int gated_then_touch(std::string gate, std::string done) {
+  const bool opened = wait_for_file(gate);
+  write_file(done, "x");
+  return opened ? 1 : 0;
+}
 // Writes its pid to `started`, then blocks on `gate`; returns its pid.
 inline pid_t started_then_gated(std::string started, std::string gate) {
   write_file(started, std::to_string(::getpid()));

@@ -219,7 +219,7 @@ TEST(FuturesAsCompleted, TimeoutThrowsAfterTheFinishedOnes) {
   EXPECT_EQ(first->get(), 9);
   auto t0 = Clock::now();
   EXPECT_THROW(ac.next(), mproc::TimeoutError);
-  EXPECT_LT(seconds_since(t0), 1.5);
+  EXPECT_LT(seconds_since(t0), 15.0);  // wide (load): only well before the gate's 30 s
   write_file(dir.file("gate"), "x");
   EXPECT_EQ(fs[1].get(), 1);
   // Already-finished futures are yielded without waiting.

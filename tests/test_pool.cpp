@@ -116,7 +116,7 @@ TEST(PoolBasics, AsyncResultTimeoutsAndReadiness) {
   EXPECT_FALSE(r.wait(100ms));
   EXPECT_THROW(r.get(100ms), mproc::TimeoutError);
   EXPECT_GE(seconds_since(t0), 0.19);
-  EXPECT_LT(seconds_since(t0), 2.0);
+  EXPECT_LT(seconds_since(t0), 15.0);  // wide (load): only well before the gate's 30 s
   write_file(dir.file("gate"), "x");
   EXPECT_EQ(r.get(10s), 1);
   EXPECT_TRUE(r.ready());
@@ -237,7 +237,7 @@ TEST(PoolImap, ImapUnorderedIsLazyToo) {
     }
     EXPECT_EQ(seen.size(), 1000u);
   }
-  EXPECT_LT(seconds_since(t0), 10.0);
+  EXPECT_LT(seconds_since(t0), 30.0);  // wide (load): submitting 10^8 inputs eagerly takes minutes
   EXPECT_LT(rss_bytes(), rss0 + (50u << 20));
 }
 

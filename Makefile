@@ -32,12 +32,14 @@ test: build
 # build-asan/, ThreadSanitizer in build-tsan/ (the CMake presets of the same
 # names), then the suite under them. SAN_TESTS: a ctest -R regex to run only
 # some tests; SAN_EXCLUDE: a ctest -E regex.
+# SAN_CTEST_JOBS: parallel tests (default JOBS).
 SAN_TESTS ?= .
 SAN_EXCLUDE ?= ^$$
+SAN_CTEST_JOBS ?= $(JOBS)
 asan tsan: deps
 	@cmake --preset $@ $(SAN_CMAKE_FLAGS) >/dev/null
 	@cmake --build build-$@ -j $(JOBS) --target mproc_tests
-	@cd build-$@ && ctest --output-on-failure -j $(JOBS) --timeout 600 -R '$(SAN_TESTS)' -E '$(SAN_EXCLUDE)'
+	@cd build-$@ && ctest --output-on-failure -j $(SAN_CTEST_JOBS) --timeout 600 -R '$(SAN_TESTS)' -E '$(SAN_EXCLUDE)'
 
 bench: build
 	@python3 bench/compare.py --build $(BUILD)

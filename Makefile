@@ -5,7 +5,7 @@ JOBS  ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: deps configure build demo test bench package clean
+.PHONY: deps configure build demo test bench package clean asan tsan
 
 deps:
 	@./scripts/install-deps.sh
@@ -33,8 +33,21 @@ test: build
 package: build
 	@cd $(BUILD) && cpack -G DEB >/dev/null && ls -1 $(CURDIR)/$(BUILD)/*.deb
 
+# Sanitizer builds of the test suite (docs/development.md): ASan + UBSan in
+# build-asan/, ThreadSanitizer in build-tsan/ (the CMake presets of the same
+# names), then the suite under them. SAN_TESTS: a ctest -R regex to run only
+# some tests; SAN_EXCLUDE: a ctest -E regex.
+# SAN_CTEST_JOBS: parallel tests (default JOBS).
+SAN_TESTS ?= .
+SAN_EXCLUDE ?= ^$$
+SAN_CTEST_JOBS ?= $(JOBS)
+asan tsan: deps
+	@cmake --preset $@ $(SAN_CMAKE_FLAGS) >/dev/null
+	@cmake --build build-$@ -j $(JOBS) --target mproc_tests
+	@cd build-$@ && ctest --output-on-failure -j $(SAN_CTEST_JOBS) --timeout 600 -R '$(SAN_TESTS)' -E '$(SAN_EXCLUDE)'
+
 bench: build
 	@python3 bench/compare.py --build $(BUILD)
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan build-tsan

@@ -1,5 +1,6 @@
 #include "mproc/context.hpp"
 
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <unistd.h>
@@ -19,7 +20,7 @@ extern char** environ;
 
 namespace mproc {
 namespace {
-std::mutex g_mu;
+std::mutex g_mu;  // a leaf: nothing is locked, nor forked, under it
 bool g_initialized = false;
 std::vector<std::string> g_argv;
 std::optional<StartMethod> g_method;  // set_start_method / init / env
@@ -30,6 +31,11 @@ constexpr const char* kRole = "MPROC_ROLE";
 constexpr const char* kFd = "MPROC_FD";
 constexpr const char* kParent = "MPROC_PARENT";
 constexpr int kChildFd = 3;
+
+// g_mu is held across fork (handlers registered at load): a child forked
+// while another thread held it gets the settings whole and the lock free.
+[[maybe_unused]] const int g_mu_atfork =
+    ::pthread_atfork([] { g_mu.lock(); }, [] { g_mu.unlock(); }, [] { g_mu.unlock(); });
 
 int env_int(const char* name) {
   const char* v = std::getenv(name);

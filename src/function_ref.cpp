@@ -23,6 +23,8 @@
 #include <string_view>
 #include <vector>
 
+#include "sys/no_destroy.hpp"
+
 namespace mproc {
 namespace {
 
@@ -120,24 +122,22 @@ int collect(dl_phdr_info* info, std::size_t, void* data) {
   return 0;
 }
 
-// Leaked on purpose: usable from static destructors and atexit handlers.
+// Never destroyed: usable from static destructors and atexit handlers.
+// Constructed at compile time and its fork handlers registered at load, so no
+// thread can be half-way through initialising it when another forks.
 struct State {
   std::mutex mutex;
   std::shared_ptr<const Snapshot> snapshot;  // guarded by mutex
 };
-State* g_state = nullptr;
+constinit sys::NoDestroy<State> g_state;
 
-// The mutex is held across fork (pthread_atfork), so a child forked while
-// another thread held it does not inherit it locked.
-State& state() {
-  static State* s = [] {
-    g_state = new State;
-    pthread_atfork([] { g_state->mutex.lock(); }, [] { g_state->mutex.unlock(); },
-                   [] { g_state->mutex.unlock(); });
-    return g_state;
-  }();
-  return *s;
-}
+// The mutex is held across fork, so a child forked while another thread held
+// it does not inherit it locked.
+[[maybe_unused]] const int g_state_atfork =
+    ::pthread_atfork([] { g_state.value.mutex.lock(); }, [] { g_state.value.mutex.unlock(); },
+                     [] { g_state.value.mutex.unlock(); });
+
+State& state() { return g_state.value; }
 
 // The cached snapshot, or a fresh one when `rebuild` (or none yet).
 std::shared_ptr<const Snapshot> modules(bool rebuild) {

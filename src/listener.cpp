@@ -11,6 +11,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -23,6 +24,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 #include <utility>
 
@@ -107,9 +109,23 @@ Bytes recv_handshake(Connection& c, std::chrono::nanoseconds timeout, const char
   }
 }
 
+// OpenSSL 3 takes process-wide locks of its own (method and provider stores,
+// the DRBG) and a fork child inherits them as they were: every call of ours
+// into it holds this lock, which is held across fork (handlers registered at
+// load), so no thread of ours is inside OpenSSL when another one forks.
+std::mutex g_openssl_mu;
+[[maybe_unused]] const int g_openssl_atfork =
+    ::pthread_atfork([] { g_openssl_mu.lock(); }, [] { g_openssl_mu.unlock(); }, [] { g_openssl_mu.unlock(); });
+
+bool random_bytes(void* out, std::size_t n) {
+  std::lock_guard lk(g_openssl_mu);
+  return ::RAND_bytes(static_cast<unsigned char*>(out), static_cast<int>(n)) == 1;
+}
+
 std::array<unsigned char, kDigestSize> hmac(std::string_view key, std::span<const std::byte> msg) {
   std::array<unsigned char, kDigestSize> out{};
   unsigned int len = 0;
+  std::lock_guard lk(g_openssl_mu);
   static const unsigned char kEmpty = 0;
   const void* k = key.empty() ? static_cast<const void*>(&kEmpty) : static_cast<const void*>(key.data());
   if (::HMAC(EVP_sha256(), k, static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(msg.data()),
@@ -129,7 +145,7 @@ bool equals(const Bytes& b, std::string_view s) {
 Bytes send_challenge(Connection& c) {
   Bytes msg(kChallengeTag.size() + kChallengeSize);
   std::memcpy(msg.data(), kChallengeTag.data(), kChallengeTag.size());
-  if (::RAND_bytes(reinterpret_cast<unsigned char*>(msg.data() + kChallengeTag.size()), kChallengeSize) != 1)
+  if (!random_bytes(msg.data() + kChallengeTag.size(), kChallengeSize))
     throw Error("authentication: RAND_bytes failed (OpenSSL)");
   c.send_bytes(msg);
   return msg;
@@ -453,7 +469,7 @@ void detail::authenticate_client(Connection& c, std::string_view authkey, std::c
 
 std::string random_authkey() {
   std::string key(32, '\0');
-  if (::RAND_bytes(reinterpret_cast<unsigned char*>(key.data()), static_cast<int>(key.size())) != 1)
+  if (!random_bytes(key.data(), key.size()))
     throw Error("random_authkey: RAND_bytes failed (OpenSSL)");
   return key;
 }

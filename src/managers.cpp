@@ -48,19 +48,17 @@ std::string endpoint_key(const Address& address, const std::string& authkey) {
   return key;
 }
 
-Registry& registry() {
-  static Registry* r = [] {
-    auto* reg = new Registry;  // never destroyed: proxies may outlive static destruction
-    // A fork while another thread held the lock must not deadlock the child.
-    ::pthread_atfork(nullptr, nullptr, [] { new (&registry().mu) std::mutex; });
-    return reg;
-  }();
-  return *r;
-}
+// Made at load and never destroyed (proxies may outlive static destruction);
+// its lock is held across fork, so a fork child never inherits it locked.
+// Nothing here is initialised lazily: a first use racing a fork in another
+// thread would leave the child a static-init guard held forever.
+Registry& g_registry = *new Registry;
+[[maybe_unused]] const int g_registry_atfork =
+    ::pthread_atfork([] { g_registry.mu.lock(); }, [] { g_registry.mu.unlock(); }, [] { g_registry.mu.unlock(); });
 
-std::shared_ptr<Endpoint> endpoint_for(const Address& address, const std::string& authkey) {
-  Registry& r = registry();
-  std::lock_guard lk(r.mu);
+// With g_registry.mu held.
+std::shared_ptr<Endpoint> endpoint_for_locked(const Address& address, const std::string& authkey) {
+  Registry& r = g_registry;
   const pid_t me = ::getpid();
   if (r.pid != me) {
     r.endpoints.clear();  // the parent's: never used here
@@ -99,12 +97,13 @@ void give_back(Endpoint& ep, Connection c) {
 
 // A reply usually comes within a few microseconds: waiting for it awake
 // (a bounded spin of non-blocking polls) saves the sleep/wake-up.
+// Read at load, not on first use (no static-init guard on a fork child's path).
+const int g_spin_us = [] {
+  const char* e = std::getenv("MPROC_MANAGER_SPIN_US");
+  return e ? std::atoi(e) : 20;
+}();
 void spin_for_reply(Connection& c) {
-  static const int spin_us = [] {
-    const char* e = std::getenv("MPROC_MANAGER_SPIN_US");
-    return e ? std::atoi(e) : 20;
-  }();
-  if (spin_us > 0) c.poll_spinning(std::chrono::microseconds(spin_us));
+  if (g_spin_us > 0) c.poll_spinning(std::chrono::microseconds(g_spin_us));
 }
 
 [[noreturn]] void throw_remote(std::string type, std::string message) {
@@ -121,7 +120,7 @@ void spin_for_reply(Connection& c) {
 void forget_endpoint(const Address& address, const std::string& authkey) {
   std::shared_ptr<Endpoint> ep;
   {
-    Registry& r = registry();
+    Registry& r = g_registry;
     std::lock_guard lk(r.mu);
     if (r.pid != ::getpid()) return;
     auto it = r.endpoints.find(endpoint_key(address, authkey));
@@ -136,9 +135,33 @@ void forget_endpoint(const Address& address, const std::string& authkey) {
   }
 }  // closed here, outside the locks
 
+// A proxy's ep_ is guarded by the registry's lock, not a lock of its own:
+// that one is held across fork, a per-proxy one could be copied locked.
+EndpointRef::EndpointRef(const EndpointRef& o) : ep_(o.raw()) {}
+
+EndpointRef& EndpointRef::operator=(const EndpointRef& o) {
+  if (this == &o) return *this;
+  std::shared_ptr<Endpoint> old;  // released outside the lock
+  std::lock_guard lk(g_registry.mu);
+  old = std::exchange(ep_, o.ep_);
+  return *this;
+}
+
+void EndpointRef::reset() {
+  std::shared_ptr<Endpoint> old;
+  std::lock_guard lk(g_registry.mu);
+  old = std::move(ep_);
+}
+
+std::shared_ptr<Endpoint> EndpointRef::raw() const {
+  std::lock_guard lk(g_registry.mu);
+  return ep_;
+}
+
 std::shared_ptr<Endpoint> EndpointRef::get(const Address& address, const std::string& authkey) const {
-  std::lock_guard lk(mu_);
-  if (!ep_ || ep_->pid != ::getpid()) ep_ = endpoint_for(address, authkey);
+  std::shared_ptr<Endpoint> old;
+  std::lock_guard lk(g_registry.mu);
+  if (!ep_ || ep_->pid != ::getpid()) old = std::exchange(ep_, endpoint_for_locked(address, authkey));
   return ep_;
 }
 

@@ -58,6 +58,10 @@ struct AtFork {
   AtFork() {
     ::pthread_atfork([] { g_registry_mu.lock(); }, [] { g_registry_mu.unlock(); },
                      [] {
+                       // unlock first (a no-op here: the owner's tid changed
+                       // with the fork) so that ThreadSanitizer sees it
+                       // released; then a fresh one.
+                       g_registry_mu.unlock();
                        new (&g_registry_mu) std::recursive_mutex;
                        g_registry.clear();
                      });

@@ -21,13 +21,11 @@ constexpr int kLockSpin = 100;  // trylocks before sleeping on a held lock
 using std::chrono::nanoseconds;
 
 // gettid() is a syscall: cache it per thread, and forget it in a forked child.
-thread_local pid_t t_tid = 0;
+// The handler is registered at load, never lazily: a first call racing a fork
+// in another thread would leave the child a static-init guard held forever.
+constinit thread_local pid_t t_tid = 0;
+[[maybe_unused]] const int g_tid_atfork = ::pthread_atfork(nullptr, nullptr, [] { t_tid = 0; });
 pid_t my_tid() {
-  static const bool registered = [] {
-    ::pthread_atfork(nullptr, nullptr, [] { t_tid = 0; });
-    return true;
-  }();
-  (void)registered;
   if (t_tid == 0) t_tid = ::gettid();
   return t_tid;
 }

@@ -168,7 +168,8 @@ inline int fail_on(int x, int bad) {
   if (x == bad) throw std::invalid_argument("bad item " + std::to_string(x));
   return x;
 }
-inline int segfault() {
+// A real fault (not a raise): UBSan builds must not turn it into an abort.
+__attribute__((no_sanitize("undefined"))) inline int segfault() {
   volatile int* p = nullptr;
   *p = 1;
   return 0;
@@ -183,6 +184,18 @@ inline int do__exit(int code) { ::_exit(code); }
 
 // Blocks until `gate` exists; 1 if it appeared, 0 after 30 s.
 inline int gated(std::string gate) { return wait_for_file(gate) ? 1 : 0; }
+// Creates `mine`, waits for `other` (a task running at the same time makes
+// it); returns its pid, or -1 if the other never came.
+inline pid_t meet_then_pid(std::string mine, std::string other) {
+  write_file(mine, "x");
+  return wait_for_file(other) ? ::getpid() : -1;
+}
+// Blocks on `gate`, then creates `done`.
+inline int gated_then_touch(std::string gate, std::string done) {
+  const bool opened = wait_for_file(gate);
+  write_file(done, "x");
+  return opened ? 1 : 0;
+}
 // Writes its pid to `started`, then blocks on `gate`; returns its pid.
 inline pid_t started_then_gated(std::string started, std::string gate) {
   write_file(started, std::to_string(::getpid()));

@@ -21,12 +21,14 @@ std::set<std::string> shm_entries();
 // For tests that orphan processes on purpose (this process is a subreaper):
 // waits up to timeout_ms for every child to end, reaps them, and tells
 // whether all did.
-bool reap_orphans(int timeout_ms = 2000);
+// (Waits return as soon as they can: the default bounds are wide so that a
+// loaded machine or a sanitizer build does not fail them.)
+bool reap_orphans(int timeout_ms = 30000);
 // True when pid no longer exists (or is a zombie that nobody will see).
 bool pid_gone(pid_t pid);
 // Polls until pred() or timeout_ms; returns pred().
 template <class Pred>
-bool eventually(Pred pred, int timeout_ms = 2000);
+bool eventually(Pred pred, int timeout_ms = 30000);
 
 }  // namespace mproc::test
 

@@ -244,7 +244,7 @@ TEST(Connection, HugeLengthRefusedBeforeAllocation) {
     EXPECT_EQ(e.limit(), Connection::kDefaultMaxMessageSize);
   }
   EXPECT_THROW((void)a.recv<int>(), mproc::MessageTooLarge);
-  EXPECT_LT(Clock::now() - t0, 1s);
+  EXPECT_LT(Clock::now() - t0, 10s);  // refused, not read: wide for load
   // Nothing but the header is on the socket, yet the pending frame is ready.
   EXPECT_TRUE(a.has_pending());
   EXPECT_TRUE(a.poll());
@@ -349,7 +349,7 @@ TEST(Connection, PollTimesOutThenSeesData) {
   EXPECT_FALSE(a.poll(100ms));
   auto waited = Clock::now() - t0;
   EXPECT_GE(waited, 90ms);
-  EXPECT_LT(waited, 2s);
+  EXPECT_LT(waited, 10s);  // a hang guard: load can delay the wake-up
   EXPECT_FALSE(a.poll());  // default: no wait
 
   std::thread t([&b] {
@@ -357,8 +357,8 @@ TEST(Connection, PollTimesOutThenSeesData) {
     b.send(9);
   });
   t0 = Clock::now();
-  EXPECT_TRUE(a.poll(10s));
-  EXPECT_LT(Clock::now() - t0, 5s);
+  EXPECT_TRUE(a.poll(30s));
+  EXPECT_LT(Clock::now() - t0, 20s);  // woken by the data, not the 30 s timeout
   t.join();
   EXPECT_EQ(a.recv<int>(), 9);
   EXPECT_FALSE(a.poll(0ns));
@@ -458,7 +458,7 @@ TEST(Connection, MalformedPayloadIsDeserializeError) {
   raw_write(b.fileno(), frame);
   auto t0 = Clock::now();
   EXPECT_THROW((void)a.recv<std::vector<int>>(), mproc::DeserializeError);
-  EXPECT_LT(Clock::now() - t0, 1s);
+  EXPECT_LT(Clock::now() - t0, 10s);  // wide for load
   EXPECT_FALSE(a.has_pending());  // the bad message was consumed; the stream is in step
   b.send(std::vector<int>{4});
   EXPECT_EQ(a.recv<std::vector<int>>(), std::vector<int>{4});

@@ -1,10 +1,12 @@
-// ProcessPoolExecutor under stress: 10^5 tasks while a thread SIGKILLs random
+// ProcessPoolExecutor under stress: 4*10^4 tasks while a thread SIGKILLs random
 // workers (every input ends with exactly one correct result), and many tasks
 // from several submitter threads.
 #include <gtest/gtest.h>
 #include <signal.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
@@ -18,22 +20,48 @@ using mproc::Future;
 using mproc::ProcessPoolExecutor;
 
 TEST(ExecutorStress, NoLostOrDuplicatedResultsWhileWorkersAreKilled) {
-  constexpr long kTasks = 100'000;
+  // 4*10^4 tasks and a kill every 20 results: about 2000 kills, as with 10^5
+  // tasks, in well under a minute on an idle 2-core machine (10^5 took over
+  // the 120 s test timeout under ctest -j8 beside two builds).
+  constexpr long kTasks = 40'000;
   constexpr std::size_t kBatch = 4096;
   ProcessPoolExecutor ex(2);
   ex.submit(my_pid).get();
 
-  std::atomic<bool> stop{false};
+  // The killer is paced by progress, not by the clock: one SIGKILL per
+  // kKillEvery results, so a loaded machine (slower tasks) sees the same
+  // kill-to-task ratio as an idle one (a clock-paced killer outran a slowed
+  // pool and starved it of progress).
+  constexpr long kKillEvery = 20;
+  std::mutex progress_mu;
+  std::condition_variable progress_cv;
+  long results_seen = 0;  // guarded by progress_mu
+  bool stop = false;      // guarded by progress_mu
   std::atomic<int> kills{0};
   std::thread killer([&] {
     std::mt19937 rng(12345);
-    while (!stop.load()) {
-      std::this_thread::sleep_for(2ms);
+    long next = kKillEvery;
+    for (;;) {
+      {
+        std::unique_lock lk(progress_mu);
+        progress_cv.wait(lk, [&] { return stop || results_seen >= next; });
+        if (stop) return;
+      }
+      next += kKillEvery;
       auto pids = ex.worker_pids();
       if (pids.empty()) continue;
       if (::kill(pids[rng() % pids.size()], SIGKILL) == 0) ++kills;
     }
   });
+  auto set_stop = [&] {
+    std::lock_guard lk(progress_mu);
+    stop = true;
+    progress_cv.notify_all();
+  };
+  auto count_result = [&] {
+    std::lock_guard lk(progress_mu);
+    if (++results_seen % kKillEvery == 0) progress_cv.notify_all();
+  };
 
   std::vector<int> results_per_input(kTasks, 0);
   long wrong = 0, crashed = 0, other_errors = 0;
@@ -43,13 +71,14 @@ TEST(ExecutorStress, NoLostOrDuplicatedResultsWhileWorkersAreKilled) {
   int rounds = 0;
   while (!todo.empty() && rounds < 50) {
     ++rounds;
-    if (rounds > 1 && todo.size() < 100) stop = true;  // let the last retries through
+    if (rounds > 1 && todo.size() < 100) set_stop();  // let the last retries through
     std::vector<long> retry;
     for (std::size_t base = 0; base < todo.size(); base += kBatch) {
       std::vector<std::pair<long, Future<long>>> batch;
       for (std::size_t i = base; i < std::min(todo.size(), base + kBatch); ++i)
         batch.emplace_back(todo[i], ex.submit(twice_plus_one, todo[i]));
       for (auto& [x, f] : batch) {
+        count_result();
         try {
           long r = f.get();
           if (r != 2 * x + 1) ++wrong;
@@ -67,7 +96,7 @@ TEST(ExecutorStress, NoLostOrDuplicatedResultsWhileWorkersAreKilled) {
     }
     todo.swap(retry);
   }
-  stop = true;
+  set_stop();
   killer.join();
   const double took = seconds_since(t0);
 

@@ -89,7 +89,9 @@ TEST(FuturesState, ResultWithTimeoutThrowsTimeoutError) {
   auto t0 = Clock::now();
   EXPECT_THROW(f.result(150ms), mproc::TimeoutError);
   EXPECT_GE(seconds_since(t0), 0.14);
-  EXPECT_LT(seconds_since(t0), 1.5);
+  // Upper bound: a loaded 2-core machine can delay the wake-up by seconds; it
+  // only has to come well before the task's gate gives up (30 s).
+  EXPECT_LT(seconds_since(t0), 15.0);
   EXPECT_THROW(f.exception(50ms), mproc::TimeoutError);
   EXPECT_FALSE(f.done());
   write_file(dir.file("gate"), "x");
@@ -217,7 +219,7 @@ TEST(FuturesAsCompleted, TimeoutThrowsAfterTheFinishedOnes) {
   EXPECT_EQ(first->get(), 9);
   auto t0 = Clock::now();
   EXPECT_THROW(ac.next(), mproc::TimeoutError);
-  EXPECT_LT(seconds_since(t0), 1.5);
+  EXPECT_LT(seconds_since(t0), 15.0);  // wide (load): only well before the gate's 30 s
   write_file(dir.file("gate"), "x");
   EXPECT_EQ(fs[1].get(), 1);
   // Already-finished futures are yielded without waiting.
@@ -285,7 +287,7 @@ TEST(FuturesWait, TimeoutReturnsWhatIsDone) {
   auto r = mproc::wait(fs, mproc::ALL_COMPLETED, 200ms);
   const double took = seconds_since(t0);
   EXPECT_GE(took, 0.19);
-  EXPECT_LT(took, 1.5);
+  EXPECT_LT(took, 15.0);  // wide (load): only well before the gate's 30 s
   ASSERT_EQ(r.done.size(), 1u);
   ASSERT_EQ(r.not_done.size(), 1u);
   EXPECT_EQ(r.done[0].get(), 36);

@@ -29,7 +29,8 @@ void throw_out_of_range(std::string msg) { throw std::out_of_range(msg); }
 void sleep_forever() {
   for (;;) ::pause();
 }
-void segfault() {
+// A real fault (not a raise): UBSan builds must not turn it into an abort.
+__attribute__((no_sanitize("undefined"))) void segfault() {
   volatile int* p = nullptr;
   *p = 1;
 }
@@ -139,11 +140,11 @@ TEST_P(ProcessByMethod, JoinTimeoutReturnsInTimeThenTerminate) {
   EXPECT_FALSE(p.join(150ms));
   auto waited = std::chrono::steady_clock::now() - t0;
   EXPECT_GE(waited, 140ms);
-  EXPECT_LT(waited, 1500ms);
+  EXPECT_LT(waited, 15s);  // a hang guard only: a loaded machine can delay the wake-up
   EXPECT_TRUE(p.is_alive());
   EXPECT_EQ(p.exitcode(), std::nullopt);
   p.terminate();
-  EXPECT_TRUE(p.join(5s));
+  EXPECT_TRUE(p.join(30s));
   EXPECT_EQ(p.exitcode(), -SIGTERM);
 }
 
@@ -190,7 +191,7 @@ TEST_P(ProcessByMethod, DaemonIsKilledByDestructor) {
     pid = p.pid();
     EXPECT_TRUE(p.daemon());
   }
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 30s);  // vs forever (sleep_forever); wide: load
   EXPECT_TRUE(mproc::test::pid_gone(pid));
 }
 

@@ -3,6 +3,7 @@
 // plus the serialized callable and arguments. Used by Process under
 // spawn/forkserver and by every pool task.
 #pragma once
+#include <atomic>
 #include <functional>
 #include <optional>
 #include <span>
@@ -59,11 +60,19 @@ F load_callable(InputArchive& ar) {
 }
 
 // The FunctionRef of an entry point, computed once: it holds no address, so
-// it stays valid for the life of the process.
+// it stays valid for the life of the process. Published through a
+// constant-initialised atomic, not a lazily initialised static: a fork child
+// must never find a static-init guard held by a thread its parent had (a
+// racing first use computes it twice and keeps one; never freed).
 template <auto Entry>
 const FunctionRef& entry_ref() {
-  static const FunctionRef ref = FunctionRef::of(Entry);
-  return ref;
+  static constinit std::atomic<const FunctionRef*> cached{nullptr};
+  if (const FunctionRef* r = cached.load(std::memory_order_acquire)) return *r;
+  auto* mine = new FunctionRef(FunctionRef::of(Entry));
+  const FunctionRef* expected = nullptr;
+  if (cached.compare_exchange_strong(expected, mine, std::memory_order_acq_rel)) return *mine;
+  delete mine;
+  return *expected;
 }
 
 template <class F, class... A>

@@ -140,11 +140,8 @@ class Connection {
   };
   template <class T>
   static std::uint32_t type_tag() noexcept {
-    static const std::uint32_t tag = [] {
-      std::uint32_t t = type_fingerprint<T>();
-      return t == 0 ? 1 : t;
-    }();
-    return tag;
+    const std::uint32_t t = type_fingerprint<T>();  // cached there, fork-safely
+    return t == 0 ? 1 : t;
   }
   // buf holds kHeaderSize reserved bytes followed by the payload.
   void send_frame(std::uint32_t tag, Bytes& buf);

@@ -137,30 +137,21 @@ struct CallResult {
 };
 
 // A proxy's handle on its process's connection pool, reset after fork.
+// ep_ is guarded by the process-wide proxy registry's lock (managers.cpp),
+// which is held across fork: a lock of its own could be copied into a fork
+// child while another thread held it.
 class EndpointRef {
  public:
   EndpointRef() = default;
-  EndpointRef(const EndpointRef& o) : ep_(o.raw()) {}
-  EndpointRef& operator=(const EndpointRef& o) {
-    auto p = o.raw();
-    std::lock_guard lk(mu_);
-    ep_ = std::move(p);
-    return *this;
-  }
+  EndpointRef(const EndpointRef& o);
+  EndpointRef& operator=(const EndpointRef& o);
   ~EndpointRef() = default;
-  void reset() {
-    std::lock_guard lk(mu_);
-    ep_.reset();
-  }
+  void reset();
   // This process's pool for (address, authkey).
   std::shared_ptr<Endpoint> get(const Address& address, const std::string& authkey) const;
 
  private:
-  std::shared_ptr<Endpoint> raw() const {
-    std::lock_guard lk(mu_);
-    return ep_;
-  }
-  mutable std::mutex mu_;
+  std::shared_ptr<Endpoint> raw() const;
   mutable std::shared_ptr<Endpoint> ep_;
 };
 

@@ -31,6 +31,7 @@
 #include <cereal/types/vector.hpp>
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -301,7 +302,14 @@ std::uint32_t type_fingerprint(const char* mangled_name) noexcept;
 template <class T>
 std::uint32_t type_fingerprint() noexcept {
   // Hashes the mangled name once per type: it is on every message's path.
-  static const std::uint32_t fp = type_fingerprint(typeid(std::decay_t<T>).name());
+  // A constant-initialised cache, not a lazily initialised static: no guard a
+  // fork child could inherit held (a racing first use just hashes twice).
+  static constinit std::atomic<std::uint32_t> cached{0};
+  std::uint32_t fp = cached.load(std::memory_order_relaxed);
+  if (fp == 0) {
+    fp = type_fingerprint(typeid(std::decay_t<T>).name());
+    cached.store(fp, std::memory_order_relaxed);
+  }
   return fp;
 }
 

@@ -17,6 +17,7 @@
 // every pool's workers with it when it ends). A server that died is started
 // again by the next request; the requests in flight meanwhile are retried.
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
@@ -45,6 +46,17 @@ std::mutex g_mu;  // guards starting the server and sending to it
 std::atomic<int> g_cmd_fd{-1};
 std::atomic<pid_t> g_server_pid{0};
 std::uint64_t g_generation = 0;  // under g_mu: servers started so far
+
+// A fork child (a fork-method Process, the fork server itself, the server's
+// children) has one thread: g_mu must be free there even when some thread of
+// the parent held it at the fork, or the child's first forkserver start would
+// wait forever. glibc's unlock of a normal mutex does not check the owner.
+// Registered at load, never on first use (a fork racing it would copy the
+// registration half done).
+[[maybe_unused]] const int g_forkserver_atfork = ::pthread_atfork(nullptr, nullptr, [] {
+  (void)g_mu.try_lock();
+  g_mu.unlock();
+});
 
 struct Reply {
   std::int32_t pid;
@@ -179,9 +191,8 @@ void start_server(bool by_fork) {
     pid = ::fork();
     if (pid < 0) sys::throw_errno("fork (fork server)");
     if (pid == 0) {
-      // We hold g_mu (our caller does); the server's children are copies of
-      // the server, and one that starts a pool of its own must find it free.
-      g_mu.unlock();
+      // Our caller holds g_mu; the fork handler above freed it here: the
+      // server's children, copies of the server, may start pools of their own.
       ::close(client.get());
       forkserver_main(server.get(), owner);
     }

@@ -35,7 +35,8 @@ bool wait_for_task(Connection& conn) {
 // may close it or dup2 something else over it: a doorbell that no longer
 // reaches the engine would leave it asleep beside our results, so then this
 // worker dies instead (its sentinel wakes the engine, which reads the ring).
-// Checked only when the engine sleeps: the fast path has no syscall.
+// Checked only when the engine sleeps: the fast path has no syscall. So the
+// damage is found while some later task delivers: that task is not to blame.
 class Doorbell {
  public:
   explicit Doorbell(int fd) : fd_(fd) {
@@ -44,15 +45,16 @@ class Doorbell {
     dev_ = st.st_dev;
     ino_ = st.st_ino;
   }
-  void ring_if_sleeping(const ResultRing& ring, bool always = false) const {
-    if (!always && !ring.consumer_sleeping()) return;
+  // False: the doorbell is gone (a task closed it or dup2'd over it).
+  [[nodiscard]] bool ring_if_sleeping(const ResultRing& ring, bool always = false) const {
+    if (!always && !ring.consumer_sleeping()) return true;
     struct stat st {};
-    if (::fstat(fd_.get(), &st) != 0 || st.st_dev != dev_ || st.st_ino != ino_)
-      throw ProtocolError("pool worker: a task closed or replaced the doorbell fd " + std::to_string(fd_.get()));
+    if (::fstat(fd_.get(), &st) != 0 || st.st_dev != dev_ || st.st_ino != ino_) return false;
     const std::uint64_t one = 1;
     // EAGAIN: the counter is full, so the engine has a wake-up pending anyway.
     if (::write(fd_.get(), &one, sizeof one) < 0 && errno != EAGAIN && errno != EINTR)
       sys::throw_errno("write(doorbell)");
+    return true;
   }
 
  private:
@@ -67,7 +69,8 @@ constexpr std::size_t kAlwaysRing = 64 << 10;
 // the pool's limit is replaced by a note of its size (the task fails with
 // ResultTooLarge, the worker goes on).
 // `bytes` is the worker's one serialization buffer, kept from task to task.
-void deliver(ResultRing& ring, const Doorbell& bell, const ResultMsg& result, std::uint64_t max_result,
+// False: the doorbell is gone; the result may be in the ring only in part.
+[[nodiscard]] bool deliver(ResultRing& ring, const Doorbell& bell, const ResultMsg& result, std::uint64_t max_result,
              Bytes& bytes) {
   bytes.clear();
   serialize_into(bytes, result);
@@ -82,14 +85,22 @@ void deliver(ResultRing& ring, const Doorbell& bell, const ResultMsg& result, st
     const std::uint32_t flags = n < rest.size() ? ResultRing::kMore : 0;
     while (!ring.try_push(rest.first(n), flags)) {
       // Full: the engine is behind. Make sure it is awake, then give it time.
-      bell.ring_if_sleeping(ring);
+      if (!bell.ring_if_sleeping(ring)) return false;
       ::usleep(20);
     }
     rest = rest.subspan(n);
   } while (!rest.empty());
   // A large result took long enough to make that its waiter may have given
   // up spinning: wake the engine now rather than at its next look (1 ms).
-  bell.ring_if_sleeping(ring, bytes.size() > kAlwaysRing);
+  return bell.ring_if_sleeping(ring, bytes.size() > kAlwaysRing);
+}
+
+// An earlier task destroyed the doorbell: die between tasks, so that no task
+// is blamed (the engine reads what is in the ring, then requeues the rest).
+[[noreturn]] void die_for_lost_doorbell(ResultRing& ring) {
+  ring.set_running(0);
+  throw ProtocolError("pool worker: a task closed or replaced the doorbell fd; this worker stops "
+                      "(the task that ran last is not to blame: the damage is found late)");
 }
 
 }  // namespace
@@ -117,7 +128,8 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
       entry(config.initializer->payload, ignored);
     } catch (...) {
       Bytes bytes;
-      deliver(ring, bell, ResultMsg{0, false, true, 0, to_bytes(capture_error(std::current_exception()))}, 0, bytes);
+      (void)deliver(ring, bell, ResultMsg{0, false, true, 0, to_bytes(capture_error(std::current_exception()))}, 0,
+                    bytes);  // we exit next: the engine finds it in the ring either way
       return;
     }
   }
@@ -151,12 +163,14 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
     ++done;
     result.retiring = (config.max_tasks && done >= config.max_tasks) ||
                       (config.max_memory && resident_bytes() > config.max_memory);
+    bool bell_ok = true;
     try {
-      deliver(ring, bell, result, config.max_result, out);
+      bell_ok = deliver(ring, bell, result, config.max_result, out);
     } catch (const Error&) {
       ring.set_running(task.id);  // the task may have scribbled it too: this one broke us
       throw;
     }
+    if (!bell_ok) die_for_lost_doorbell(ring);
     if (result.retiring) return;
   }
 }

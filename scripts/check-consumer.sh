@@ -4,7 +4,8 @@
 # example of the README (each must compile and exit 0, as shown); then the same
 # program through pkg-config (no CMake), and through FetchContent (mproc's
 # source as a subproject: only the library is built, and configuring must not
-# need Google Benchmark, GoogleTest or stb).
+# need Google Benchmark or GoogleTest, nor stb, which only examples use: no
+# example target may exist there).
 set -euo pipefail
 build=${1:-build}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,8 +35,7 @@ c++ -std=c++20 ${CONSUMER_CXX_FLAGS:--Wall -Wextra -Werror} "$root/tests/consume
 "$scratch/pkgconfig_consumer" >/dev/null
 echo "consumer check: pkg-config --cflags --libs mproc builds and runs it"
 cmake -S "$root/tests/consumer/fetchcontent" -B "$scratch/fetch" -DMPROC_SOURCE_DIR="$root" \
-      -DCMAKE_DISABLE_FIND_PACKAGE_benchmark=ON -DCMAKE_DISABLE_FIND_PACKAGE_GTest=ON \
-      -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON -DMPROC_WITH_MPI=OFF \
+      -DMPROC_WITH_MPI=OFF \
       ${CMAKE_CXX_COMPILER_LAUNCHER:+-DCMAKE_CXX_COMPILER_LAUNCHER=$CMAKE_CXX_COMPILER_LAUNCHER} >/dev/null
 cmake --build "$scratch/fetch" -j "$(nproc)" >/dev/null
 "$scratch/fetch/consumer" >/dev/null

@@ -114,8 +114,17 @@ std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_SAVE_FUNCTION_NAME(OutputArchiv
   ar.saveBinary(std::addressof(t), sizeof(t));
 }
 template <class T>
-std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, T& t) {
+std::enable_if_t<std::is_arithmetic_v<T> && !std::is_same_v<T, bool>> CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar,
+                                                                                             T& t) {
   ar.loadBinary(std::addressof(t), sizeof(t));
+}
+// A bool's byte is checked: any other value than 0 or 1 would be undefined
+// behaviour once read (std::optional's flag is one: UBSan found it).
+inline void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, bool& b) {
+  unsigned char v = 0;
+  ar.loadBinary(&v, 1);
+  if (v > 1) throw DeserializeError("mproc: a bool encoded as " + std::to_string(v) + " (0 or 1 expected)");
+  b = v != 0;
 }
 template <class Archive, class T>
 CEREAL_ARCHIVE_RESTRICT(InputArchive, OutputArchive)

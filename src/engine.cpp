@@ -4,7 +4,7 @@
 //   submit() (any thread)                                      workers
 //   ─────────────────────                                      ───────
 //   pending.push(task); assign ──────TaskMsg (socket)────────▶ run tasks in
-//     (up to kDepth tasks in flight per worker)                 order, spin
+//     (pool::DepthRule: 1 to 32 in flight per worker)           order, spin
 //                                                                100 µs for
 //   Future::get() spinning: poll() ◀────ResultMsg (ring)───────  the next
 //     reads ready results itself, finishes futures, assigns
@@ -19,9 +19,12 @@
 //       signal follows the thread that forked it)
 //     timerfd: a head task past its deadline → TaskTimeout, SIGKILL
 //
-// A task's and a worker's states: engine_state.hpp.
-// Futures are finished after the mutex is released, so a done-callback may
-// submit again.
+// The tasks (queue, each worker's flight, assignment, their state machine,
+// settle()) are the scheduler core's, shared with the MPI executor
+// (src/pool/scheduler.hpp draws both state machines); this file is the
+// local transport: processes, sockets, result rings, doorbells, deadlines'
+// timer, respawn. Futures are finished after the mutex is released, so a
+// done-callback may submit again.
 //
 // One worker's misbehaviour is that worker's death, never the pool's: a
 // malformed record, a result for a task it does not run, a result over the
@@ -52,28 +55,39 @@
 namespace mproc::detail {
 
 namespace {
-// Tasks in flight per worker: two, so a worker never waits for its next
-// task; up to kMaxDepth when many are pending (a map of tiny tasks), so
-// they travel in batches.
-constexpr std::size_t kDepth = 2, kMaxDepth = 32;
-constexpr double kShortTaskUs = 1000;  // "tiny" tasks: under a millisecond on average
+// Tasks in flight per worker: one while tasks are long (so the others stay
+// cancellable and go to whichever worker frees first, as Python's executor
+// does); two once they are tiny (under a millisecond on average), so a
+// worker never waits for its next task, up to 32 when many are pending (a
+// map of tiny tasks), so they travel in batches. More is queued behind a
+// running task only while the queued payloads fit in the socket buffer: a
+// large task sent while the worker is writing a large result would block
+// both sides for good.
+constexpr pool::DepthRule kLocalDepth{
+    .fixed = 0, .long_tasks = 1, .short_task_us = 1000, .tiny_min = 2, .tiny_max = 32, .max_queued_bytes = 32 << 10};
 constexpr auto kQuiet = std::chrono::milliseconds(1);  // no waiter spun for this long: doorbells on
-// More is queued behind a running task only while the queued payloads fit
-// in the socket buffer: a large task sent while the worker is writing a
-// large result would block both sides for good.
-constexpr std::size_t kQueuedBytes = 32 << 10;
 constexpr std::uint64_t kWake = ~std::uint64_t{0}, kTimer = kWake - 1, kResults = kWake - 2;
 
 }  // namespace
 
 using namespace engine_state;
+using pool::complete;
+using pool::Completions;
+using pool::WorkerPhase;
 
-struct Engine::Impl : Progress {
+struct Engine::Impl : Progress, pool::Transport {
+  explicit Impl(EngineOptions o) : opt(with_workers(std::move(o))) {}
+  static EngineOptions with_workers(EngineOptions o) {
+    if (o.workers == 0) o.workers = cpu_count();
+    return o;
+  }
+
   EngineOptions opt;
   WorkerConfig config;
 
   std::mutex mu;  // everything below, but the atomics and the fds
-  std::deque<Pending> pending;
+  pool::Scheduler sched{*this, kLocalDepth, opt.workers};
+  TaskBatch batch;  // scratch of send()
   bool closing = false, cancel_pending = false, terminating = false;
   std::exception_ptr broken;
   std::vector<std::unique_ptr<Worker>> workers;
@@ -87,8 +101,6 @@ struct Engine::Impl : Progress {
   std::atomic<bool> doorbells_armed{false};
   bool started = false;            // under mu: the first workers are up
   std::condition_variable started_cv;
-  double avg_task_us = -1;         // under mu; -1 until a task has finished
-  bool timer_dirty = false;        // under mu: a head got a deadline since the timer was set
   std::atomic<std::uint64_t> next_id{1};
   std::thread thread;
   std::mutex join_mu;
@@ -127,7 +139,7 @@ struct Engine::Impl : Progress {
       if (w) pids.push_back(w->pid);
   }
 
-  bool stopping() const { return terminating || broken || (closing && pending.empty()); }
+  bool stopping() const { return terminating || broken || (closing && sched.queued() == 0); }
 
   void replace(std::size_t slot) {
     Worker& w = *workers[slot];
@@ -136,41 +148,31 @@ struct Engine::Impl : Progress {
     workers[slot].reset();
     if (!stopping()) {
       workers[slot] = start_worker(slot);
+      sched.worker_up(slot);
       ++respawn_count;
     }
     publish_pids();
   }
 
-  // ---- tasks (under mu) ----------------------------------------------------
-  void fail_all(const std::exception_ptr& error, Completions& done) {
-    for (auto& p : pending) settle(done, std::move(p.state), {}, error);
-    pending.clear();
-    for (auto& w : workers)
-      if (w) {
-        for (auto& f : w->flight) settle(done, std::move(f.task.state), {}, error);
-        w->flight.clear();
-      }
-  }
-
-  // The head of a worker's queue is the task it runs (it runs them in
-  // order): its deadline counts from now. The timer is set again before mu
-  // is released (assign, on_timer), wherever the head changed.
-  void arm_head(Worker& w) {
-    if (w.flight.empty()) return;
-    auto& head = w.flight.front();
-    if (head.started != Clock::time_point{}) return;
-    head.started = Clock::now();
-    if (head.task.limit) {
-      head.deadline = head.started + *head.task.limit;
-      timer_dirty = true;
+  // ---- the transport's side of the core (under mu) ---------------------
+  // New tasks for a worker, in one write. A send that fails means the worker
+  // is dying: its sentinel will tell, and worker_died() requeues what never
+  // started.
+  void send(pool::WorkerId slot, const std::deque<pool::InFlight>& flight, std::size_t first) override {
+    batch.refs.clear();
+    for (std::size_t k = first; k < flight.size(); ++k)
+      batch.refs.emplace_back(flight[k].task.state->id, &flight[k].task.call);
+    try {
+      workers[slot]->conn.send(batch);
+    } catch (const Error&) {
     }
   }
 
+  // The timer is set again before mu is released (assign, on_timer),
+  // wherever a running task got a deadline.
   void arm_timer() {
-    timer_dirty = false;
-    auto next = Clock::time_point::max();
-    for (auto& w : workers)
-      if (w && !w->doomed && !w->flight.empty()) next = std::min(next, w->flight.front().deadline);
+    (void)sched.take_deadlines_changed();
+    const auto next = sched.earliest_deadline();
     itimerspec its{};
     if (next != Clock::time_point::max()) {
       auto ns = std::max<std::int64_t>(1, std::chrono::duration_cast<std::chrono::nanoseconds>(next - Clock::now()).count());
@@ -180,73 +182,32 @@ struct Engine::Impl : Progress {
     ::timerfd_settime(timer.get(), 0, &its, nullptr);
   }
 
-  // How many tasks a worker may hold: one while tasks are long (so the
-  // others stay cancellable and go to whichever worker frees first, as
-  // Python's executor does); for tiny tasks, more as the queue grows, so they
-  // travel in batches.
-  std::size_t depth(std::size_t live) const {
-    if (avg_task_us < 0 || avg_task_us > kShortTaskUs) return 1;
-    return std::clamp(pending.size() / std::max<std::size_t>(1, live), kDepth, kMaxDepth);
-  }
-
   void assign() {
-    hand_out();
-    if (timer_dirty) arm_timer();
+    sched.assign();
+    if (sched.take_deadlines_changed()) arm_timer();
   }
 
-  void hand_out() {
-    if (pending.empty()) return;
-    std::size_t live = 0;
-    for (auto& w : workers) live += w && !w->retiring && !w->doomed;
-    const std::size_t limit = depth(live);
-    // Each round gives one task to the least loaded worker: idle ones first.
-    std::vector<std::size_t> first(workers.size());
-    for (std::size_t i = 0; i < workers.size(); ++i) first[i] = workers[i] ? workers[i]->flight.size() : 0;
-    while (!pending.empty()) {
-      Worker* best = nullptr;
-      for (auto& w : workers)
-        if (w && !w->retiring && !w->doomed && w->flight.size() < limit &&
-            (!best || w->flight.size() < best->flight.size()))
-          best = w.get();
-      if (!best) break;
-      const std::size_t size = pending.front().call.payload.size();
-      if (!best->flight.empty() && best->queued_bytes + size > kQueuedBytes) break;
-      Pending p = std::move(pending.front());
-      pending.pop_front();
-      if (!p.state->start_running()) continue;  // cancelled while pending
-      if (!best->flight.empty()) best->queued_bytes += size;
-      best->flight.push_back(InFlight{std::move(p)});
-    }
-    TaskBatch batch;
-    for (std::size_t i = 0; i < workers.size(); ++i) {
-      Worker* w = workers[i].get();
-      if (!w || w->flight.size() == first[i]) continue;
-      batch.refs.clear();
-      for (std::size_t k = first[i]; k < w->flight.size(); ++k)
-        batch.refs.emplace_back(w->flight[k].task.state->id, &w->flight[k].task.call);
-      try {
-        w->conn.send(batch);
-      } catch (const Error&) {
-        // The worker is dying; its sentinel will tell, and on_death puts
-        // what never started back in the queue.
-      }
-      arm_head(*w);
-    }
+  // The engine kills a worker it doomed (deadline, fault): the core settled
+  // the tasks concerned, so its death blames nothing more.
+  void kill_doomed(std::size_t slot, bool was_doomed) {
+    if (!was_doomed) workers[slot]->proc.kill();
   }
 
   // Throws ProtocolError for a record this worker had no business sending
   // (drain_ring makes it the worker's fault), before changing anything.
-  void on_result(Worker& w, ResultMsg&& msg, Completions& done) {
+  void on_result(std::size_t slot, ResultMsg&& msg, Completions& done) {
+    Worker& w = *workers[slot];
     if (msg.id == 0) {  // the initializer failed: no point respawning
       if (w.records != 0) throw ProtocolError("an initializer's failure after its results");
       ErrorInfo info = from_bytes<ErrorInfo>(msg.data);
       broken = std::make_exception_ptr(BrokenPool(
           fmt::format("pool initializer failed in worker {}: {}: {}", w.pid, info.type_name, info.message)));
-      fail_all(broken, done);
+      sched.fail_all(broken, done);
       return;
     }
-    if (w.flight.empty() || w.flight.front().task.state->id != msg.id) {
-      if (msg.id == w.abandoned) return;  // its deadline fired first: settled already
+    const pool::InFlight* head = sched.head(slot);
+    if (!head || head->task.state->id != msg.id) {
+      if (sched.abandoned(slot, msg.id)) return;  // its deadline fired first: settled already
       throw ProtocolError(fmt::format("a result for task {}, which is not the task it runs", msg.id));
     }
     const std::uint64_t id = msg.id;
@@ -254,16 +215,9 @@ struct Engine::Impl : Progress {
     if (msg.too_large) error = std::make_exception_ptr(ResultTooLarge(id, msg.too_large, max_result()));
     else if (!msg.ok) error = std::make_exception_ptr(to_remote_error(from_bytes<ErrorInfo>(msg.data)));
     ++w.records;
-    if (msg.retiring) w.retiring = true;
-    const double us = std::chrono::duration<double, std::micro>(Clock::now() - w.flight.front().started).count();
-    avg_task_us = avg_task_us < 0 ? us : 0.8 * avg_task_us + 0.2 * us;
-    auto task = std::move(w.flight.front().task.state);
-    w.flight.pop_front();
-    // The next task now runs: it no longer waits in the socket.
-    if (!w.flight.empty()) w.queued_bytes -= std::min(w.queued_bytes, w.flight.front().task.call.payload.size());
-    arm_head(w);
-    if (error) settle(done, std::move(task), {}, std::move(error));
-    else settle(done, std::move(task), std::move(msg.data), nullptr);
+    if (msg.retiring) sched.worker_retiring(slot);
+    if (error) sched.complete_head(slot, {}, std::move(error), done);
+    else sched.complete_head(slot, std::move(msg.data), nullptr, done);
   }
 
   std::uint64_t max_result() const {
@@ -272,7 +226,8 @@ struct Engine::Impl : Progress {
 
   // Results in the ring, in order; never blocks. Anything malformed is the
   // worker's fault: the results before it were delivered, it dies.
-  void drain_ring(Worker& w, Completions& done) {
+  void drain_ring(std::size_t slot, Completions& done) {
+    Worker& w = *workers[slot];
     if (w.untrusted) return;
     Bytes& rec = w.record;
     std::uint32_t flags = 0;
@@ -284,49 +239,33 @@ struct Engine::Impl : Progress {
         if (flags & ResultRing::kMore || !w.partial.empty()) {
           w.partial.insert(w.partial.end(), rec.begin(), rec.end());
           if (flags & ResultRing::kMore) continue;
-          on_result(w, from_bytes<ResultMsg>(w.partial), done);
+          on_result(slot, from_bytes<ResultMsg>(w.partial), done);
           w.partial = Bytes();
           continue;
         }
-        on_result(w, from_bytes<ResultMsg>(rec), done);
+        on_result(slot, from_bytes<ResultMsg>(rec), done);
         if (broken) return;
       }
     } catch (const std::exception& e) {
-      fault(w, e.what(), done);
+      fault(slot, e.what(), done);
     }
-  }
-
-  // The engine kills a worker: the first `count` tasks of its queue (the one
-  // it runs, and for a fault those before it whose results are lost) are
-  // settled now with `error`, so its death blames nothing more; a late
-  // result of the last of them is ignored.
-  void doom(Worker& w, std::size_t count, const std::function<std::exception_ptr(std::uint64_t)>& error,
-            Completions& done) {
-    if (w.doomed) return;
-    w.doomed = true;
-    for (; count > 0 && !w.flight.empty(); --count) {
-      auto head = std::move(w.flight.front());
-      w.flight.pop_front();
-      w.abandoned = head.task.state->id;
-      settle(done, std::move(head.task.state), {}, error(w.abandoned));
-    }
-    w.proc.kill();
   }
 
   // A malformed record: the worker cannot be trusted any more, and dies. The
   // task it says it runs fails, and any before it, whose results cannot be
   // read any more (a task that overwrote its ring took them along); if it
-  // names no task of its queue, the head fails (its result is the one that
+  // names no task of its flight, the head fails (its result is the one that
   // is malformed). Those after it never started: they run elsewhere.
-  void fault(Worker& w, const std::string& what, Completions& done) {
+  void fault(std::size_t slot, const std::string& what, Completions& done) {
+    Worker& w = *workers[slot];
     w.untrusted = true;
     w.partial = Bytes();
-    const std::uint64_t running = w.ring.running();
-    std::size_t count = 1;
-    for (std::size_t i = 0; i < w.flight.size(); ++i)
-      if (w.flight[i].task.state->id == running) count = i + 1;
     const pid_t pid = w.pid;
-    doom(w, count, [&](std::uint64_t id) { return std::make_exception_ptr(WorkerFault(id, pid, what)); }, done);
+    const bool was_doomed = sched.phase(slot) == WorkerPhase::doomed;
+    sched.doom_through(
+        slot, w.ring.running(), [&](std::uint64_t id) { return std::make_exception_ptr(WorkerFault(id, pid, what)); },
+        done);
+    kill_doomed(slot, was_doomed);
   }
 
   // Reads every result that is ready (never blocks), then hands out work.
@@ -342,8 +281,8 @@ struct Engine::Impl : Progress {
         if (slot < workers.size() && workers[slot]) (void)::read(workers[slot]->bell.get(), &rings, sizeof rings);
       }
     }
-    for (auto& w : workers)
-      if (w) drain_ring(*w, done);
+    for (std::size_t i = 0; i < workers.size(); ++i)
+      if (workers[i]) drain_ring(i, done);
     assign();
   }
 
@@ -358,68 +297,52 @@ struct Engine::Impl : Progress {
     return true;
   }
 
+  // The worker's sentinel fired. What it finished before dying is
+  // delivered; then the core blames the task it said it ran (none when it
+  // was between tasks, or doomed) and requeues the rest.
   void on_death(std::size_t slot, Completions& done) {
     Worker& w = *workers[slot];
-    drain_ring(w, done);  // what it finished before dying is delivered
+    drain_ring(slot, done);
     w.proc.join();
     const int code = w.proc.exitcode().value_or(-1);
-    if (!w.doomed && !w.flight.empty()) {
-      // The task it said it ran (if still unanswered) killed it, and those
-      // before it ran too, though their results are lost: a worker runs its
-      // tasks in order. When it was between tasks nobody is to blame.
-      const std::uint64_t running = w.untrusted ? 0 : w.ring.running();
-      auto end = std::find_if(w.flight.begin(), w.flight.end(),
-                              [&](const InFlight& f) { return f.task.state->id == running; });
-      if (end != w.flight.end()) ++end;
-      else if (w.flight.front().task.requeues >= kMaxRequeues) end = w.flight.begin() + 1;
-      else end = w.flight.begin();
-      for (auto it = w.flight.begin(); it != end; ++it) {
-        const std::uint64_t id = it->task.state->id;
-        settle(done, std::move(it->task.state), {}, std::make_exception_ptr(WorkerCrashed(id, w.pid, code)));
-      }
-      w.flight.erase(w.flight.begin(), end);
-    }
-    // What is left never started: back to the front of the queue, in order.
-    for (auto it = w.flight.rbegin(); it != w.flight.rend(); ++it) {
-      it->task.state->phase = TaskPhase::pending;
-      ++it->task.requeues;
-      pending.push_front(std::move(it->task));
-    }
-    w.flight.clear();
+    const std::uint64_t running = w.untrusted ? 0 : w.ring.running();
+    const pid_t pid = w.pid;
+    sched.worker_died(
+        slot, running, [&](std::uint64_t id) { return std::make_exception_ptr(WorkerCrashed(id, pid, code)); }, done);
     replace(slot);
+  }
+
+  // A running task past its deadline: a result that raced it is delivered,
+  // not lost; otherwise it fails with TaskTimeout and its worker is doomed.
+  bool past_deadline(std::size_t slot, Clock::time_point now) const {
+    const pool::InFlight* head = workers[slot] ? sched.head(slot) : nullptr;
+    return head && sched.phase(slot) != WorkerPhase::doomed && head->deadline <= now;
   }
 
   void on_timer(Completions& done) {
     std::uint64_t ticks;
     (void)::read(timer.get(), &ticks, sizeof ticks);
     const auto now = Clock::now();
-    for (auto& w : workers) {
-      if (!w || w->doomed || w->flight.empty() || w->flight.front().deadline > now) continue;
-      drain_ring(*w, done);  // a result that raced its deadline is delivered, not lost
-      if (w->doomed || w->flight.empty() || w->flight.front().deadline > now) continue;
-      const auto limit = *w->flight.front().task.limit;
-      const pid_t pid = w->pid;
-      doom(*w, 1, [&](std::uint64_t id) { return std::make_exception_ptr(TaskTimeout(id, pid, limit)); }, done);
+    for (std::size_t slot = 0; slot < workers.size(); ++slot) {
+      if (!past_deadline(slot, now)) continue;
+      drain_ring(slot, done);
+      if (!past_deadline(slot, now)) continue;
+      const auto limit = *sched.head(slot)->task.limit;
+      const pid_t pid = workers[slot]->pid;
+      sched.doom_head(
+          slot, [&](std::uint64_t id) { return std::make_exception_ptr(TaskTimeout(id, pid, limit)); }, done);
+      kill_doomed(slot, false);
     }
     arm_timer();
   }
 
-  bool busy() const {
-    for (auto& w : workers)
-      if (w && !w->flight.empty()) return true;
-    return false;
-  }
-
-  // Under mu. Tasks cancelled by shutdown(cancel_futures) are moved to
-  // `cancelled`, to be cancelled once mu is released (callbacks may submit).
-  bool finished(std::vector<std::shared_ptr<TaskState>>& cancelled) {
+  // Under mu. Tasks cancelled by shutdown(cancel_futures) are settled in
+  // `done`, once mu is released (callbacks may submit).
+  bool finished(Completions& done) {
     if (terminating || broken) return true;
     if (!closing) return false;
-    if (cancel_pending) {
-      for (auto& p : pending) cancelled.push_back(std::move(p.state));
-      pending.clear();
-    }
-    return pending.empty() && !busy();
+    if (cancel_pending) sched.cancel_queued(done);
+    return sched.idle();
   }
 
   // ---- Progress: a spinning waiter reads results itself ------------------
@@ -468,7 +391,10 @@ struct Engine::Impl : Progress {
       {
         std::lock_guard lock(mu);
         try {
-          for (std::size_t i = 0; i < workers.size(); ++i) workers[i] = start_worker(i);
+          for (std::size_t i = 0; i < workers.size(); ++i) {
+            workers[i] = start_worker(i);
+            sched.worker_up(i);
+          }
         } catch (...) {
           started = true;
           started_cv.notify_all();
@@ -484,7 +410,7 @@ struct Engine::Impl : Progress {
       std::lock_guard lock(mu);
       broken = std::make_exception_ptr(
           BrokenPool(std::string("pool dispatcher failed: ") + capture_error(std::current_exception()).message));
-      fail_all(broken, done);
+      sched.fail_all(broken, done);
     }
     complete(done);
     stop_workers();
@@ -495,13 +421,12 @@ struct Engine::Impl : Progress {
     unsigned quick_looks = 0;
     for (;;) {
       Completions done;
-      std::vector<std::shared_ptr<TaskState>> cancelled;
       bool stop;
       int timeout_ms = 0;  // 0: look again at once
       {
         std::lock_guard lock(mu);
         collect(done, true);
-        stop = finished(cancelled);
+        stop = finished(done);
         if (!stop && done.empty()) {
           // While waiters spin they read the results; check back soon
           // without doorbells. Otherwise sleep until one rings.
@@ -510,7 +435,6 @@ struct Engine::Impl : Progress {
         }
       }
       complete(done);
-      for (auto& c : cancelled) c->cancel();
       if (stop) return;
       // Looking again at once still visits the epoll now and then: a
       // sentinel (a death) must never wait behind a stream of results.
@@ -539,7 +463,7 @@ struct Engine::Impl : Progress {
   void stop_workers() {
     std::unique_lock lock(mu);
     Completions done;
-    fail_all(broken ? broken : std::make_exception_ptr(BrokenPool("the pool was terminated")), done);
+    sched.fail_all(broken ? broken : std::make_exception_ptr(BrokenPool("the pool was terminated")), done);
     auto list = std::move(workers);
     workers.clear();
     publish_pids();
@@ -567,13 +491,11 @@ struct Engine::Impl : Progress {
   }
 };
 
-Engine::Engine(EngineOptions options) : impl_(std::make_shared<Impl>()) {
+Engine::Engine(EngineOptions options) : impl_(std::make_shared<Impl>(std::move(options))) {
   // Named segments whose creator died (SIGKILL) go when a pool starts, not at
   // some later create (docs/security.md).
   cleanup_leaked_segments();
   Impl& m = *impl_;
-  m.opt = std::move(options);
-  if (m.opt.workers == 0) m.opt.workers = cpu_count();
   m.config.initializer = m.opt.initializer;
   m.config.max_tasks = m.opt.max_tasks_per_child;
   m.config.max_memory = m.opt.max_memory_per_child;
@@ -610,7 +532,7 @@ std::shared_ptr<TaskState> Engine::submit(Call call, std::optional<std::chrono::
   std::lock_guard lock(m.mu);
   if (m.broken) std::rethrow_exception(m.broken);
   if (m.closing || m.terminating) throw Error("mproc: cannot submit a task after the pool was shut down");
-  m.pending.push_back(Pending{state, std::move(call), timeout ? timeout : m.opt.task_timeout});
+  m.sched.enqueue(pool::Pending{.state = state, .call = std::move(call), .limit = timeout ? timeout : m.opt.task_timeout});
   m.assign();  // straight to an idle worker: no thread hop
   return state;
 }
@@ -630,7 +552,8 @@ std::vector<std::shared_ptr<TaskState>> Engine::submit_many(std::vector<Call> ca
   if (m.broken) std::rethrow_exception(m.broken);
   if (m.closing || m.terminating) throw Error("mproc: cannot submit a task after the pool was shut down");
   const auto limit = timeout ? timeout : m.opt.task_timeout;
-  for (std::size_t i = 0; i < calls.size(); ++i) m.pending.push_back(Pending{states[i], std::move(calls[i]), limit});
+  for (std::size_t i = 0; i < calls.size(); ++i)
+    m.sched.enqueue(pool::Pending{.state = states[i], .call = std::move(calls[i]), .limit = limit});
   m.assign();
   return states;
 }

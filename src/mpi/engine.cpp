@@ -10,7 +10,10 @@
 //     nobody spins; sleeps on a condition variable when there is nothing to do.
 //
 // A worker answers its tasks in the order sent, so a result is always the
-// first outstanding task of the rank it comes from.
+// first outstanding task of the rank it comes from. The tasks (queue, each
+// rank's flight, assignment, depth, task-time average, settle()) are the
+// scheduler core's (src/pool/scheduler.hpp), shared with the local pool;
+// this file is its MPI transport.
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -19,6 +22,7 @@
 #include <deque>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <unistd.h>
@@ -26,6 +30,7 @@
 #include "internal.hpp"
 #include "mproc/context.hpp"
 #include "mproc/process.hpp"
+#include "pool/scheduler.hpp"
 
 // Named by `-Wl,--undefined` in mproc::mpi's link options, so that a static
 // libmproc_mpi.a always contributes this object (and its hook registration).
@@ -41,16 +46,15 @@ const bool g_registered = (register_hook(), true);
 std::atomic<std::uint64_t> g_next_share{1};
 
 using Clock = std::chrono::steady_clock;
+namespace pool = mproc::detail::pool;
+using pool::Completions;
 
-struct Done {
-  std::shared_ptr<TaskState> state;
-  Bytes result;
-  std::exception_ptr error;
-};
-
-void finish_all(std::vector<Done>& done) {
-  for (auto& d : done) d.state->finish(std::move(d.result), std::move(d.error));
-  done.clear();
+// Tasks sent ahead to a worker: PoolOptions::max_inflight when set;
+// otherwise 2 (the next task waits at the worker when it answers, long
+// tasks still balance), and 32 once tasks take under 100 µs each
+// (throughput of tiny tasks).
+pool::DepthRule mpi_depth(unsigned max_inflight) {
+  return pool::DepthRule{.fixed = max_inflight, .long_tasks = 2, .short_task_us = 100, .tiny_min = 32, .tiny_max = 32};
 }
 
 int checked_size(std::size_t n, const char* what) {
@@ -62,28 +66,19 @@ int checked_size(std::size_t n, const char* what) {
 
 }  // namespace
 
-struct Engine::Impl : mproc::detail::Progress {
+struct Engine::Impl : mproc::detail::Progress, pool::Transport {
   struct Worker {
     int rank = 0;
-    std::deque<std::shared_ptr<TaskState>> inflight;  // in the order sent
-    std::deque<Clock::time_point> sent_at;             // beside inflight
-    Clock::time_point last_result{};
-    double service_us = 1e9;  // moving average of a task's time at this worker
-  };
-  struct Pending {
-    std::shared_ptr<TaskState> state;
-    std::shared_ptr<const Bytes> msg;
   };
 
   MPI_Comm comm = MPI_COMM_NULL;
   bool spawned = false;
-  unsigned depth = 0;  // 0: adaptive (depth_of)
-  std::vector<Worker> workers;
+  std::vector<Worker> workers;  // the core's WorkerId is the index
   std::vector<int> rank_to_worker;  // comm rank → index in workers, -1 if none
 
   mutable std::mutex mu;
   std::condition_variable cv;  // wakes the progress thread
-  std::deque<Pending> pending;
+  std::optional<pool::Scheduler> sched;  // made once the workers are known
   std::vector<MPI_Request> out_reqs;  // Isends not yet complete, with their buffers
   std::vector<std::shared_ptr<const Bytes>> out_bufs;
   std::vector<int> test_idx;  // scratch of poll_locked
@@ -91,7 +86,6 @@ struct Engine::Impl : mproc::detail::Progress {
   std::vector<std::uint64_t> deferred_releases, shares;
   std::exception_ptr broken;  // an initializer failed
   std::atomic<std::uint64_t> next_id{1};
-  std::size_t outstanding = 0;  // tasks sent, not answered
   bool closing = false, close_sent = false, finished = false;
   unsigned closed_acks = 0;
   std::atomic<int> spinners{0};
@@ -103,14 +97,6 @@ struct Engine::Impl : mproc::detail::Progress {
 
   ~Impl() override = default;
 
-  // Tasks sent ahead to a worker: max_inflight when set; otherwise 2 (the
-  // next task waits at the worker when it answers, long tasks still balance),
-  // and 32 once its tasks take under 100 µs each (throughput of tiny tasks).
-  unsigned depth_of(const Worker& w) const {
-    if (depth != 0) return depth;
-    return w.service_us < 100.0 ? 32u : 2u;
-  }
-
   // ---- sending (mu held) --------------------------------------------------
   void isend(std::shared_ptr<const Bytes> buf, int rank, int tag) {
     MPI_Request req;
@@ -119,23 +105,19 @@ struct Engine::Impl : mproc::detail::Progress {
     out_bufs.push_back(std::move(buf));
   }
 
-  void dispatch_locked() {
-    while (!pending.empty()) {
-      Worker* best = nullptr;
-      for (auto& w : workers)
-        if (w.inflight.size() < depth_of(w) && (!best || w.inflight.size() < best->inflight.size())) best = &w;
-      if (!best) break;
-      Pending p = std::move(pending.front());
-      pending.pop_front();
-      if (!p.state->start_running()) continue;  // cancelled meanwhile
+  // The core's transport: the tasks it gave a worker, one Isend each.
+  void send(pool::WorkerId worker, const std::deque<pool::InFlight>& flight, std::size_t first) override {
+    for (std::size_t k = first; k < flight.size(); ++k) {
+      const auto& msg = flight[k].task.wire;
       stats.tasks_sent++;
-      stats.task_bytes_sent += p.msg->size();
-      isend(std::move(p.msg), best->rank, kTask);
-      best->inflight.push_back(std::move(p.state));
-      best->sent_at.push_back(Clock::now());
-      ++outstanding;
+      stats.task_bytes_sent += msg->size();
+      isend(msg, workers[worker].rank, kTask);
     }
-    if (pending.empty() && !deferred_releases.empty()) {
+  }
+
+  void dispatch_locked() {
+    sched->assign();
+    if (sched->queued() == 0 && !deferred_releases.empty()) {
       for (auto id : deferred_releases) {
         auto msg = std::make_shared<Bytes>(sizeof id);
         std::memcpy(msg->data(), &id, sizeof id);
@@ -146,32 +128,24 @@ struct Engine::Impl : mproc::detail::Progress {
   }
 
   // ---- receiving (mu held) ------------------------------------------------
-  void on_result(int source, const Bytes& buf, std::vector<Done>& done) {
+  // A result is the answer to the head of its rank's flight (the core
+  // times it from when it headed the flight: tiny tasks → more sent ahead).
+  void on_result(int source, const Bytes& buf, Completions& done) {
     const int wi = source >= 0 && static_cast<std::size_t>(source) < rank_to_worker.size() ? rank_to_worker[source] : -1;
-    if (wi < 0 || buf.size() < kResultHeader || workers[static_cast<std::size_t>(wi)].inflight.empty())
+    const pool::InFlight* head = wi < 0 ? nullptr : sched->head(static_cast<pool::WorkerId>(wi));
+    if (!head || buf.size() < kResultHeader)
       throw Error("mproc::mpi: unexpected result message from rank " + std::to_string(source));
-    auto& w = workers[static_cast<std::size_t>(wi)];
     std::uint64_t id = 0;
     std::memcpy(&id, buf.data(), sizeof id);
-    auto state = std::move(w.inflight.front());
-    w.inflight.pop_front();
-    // How long this worker spent on the task: from when it could start it
-    // (sent, or the previous answer) to its answer. Tiny tasks → send more ahead.
-    const auto now = Clock::now();
-    const auto started = std::max(w.sent_at.front(), w.last_result);
-    w.sent_at.pop_front();
-    w.last_result = now;
-    const double us = std::chrono::duration<double, std::micro>(now - started).count();
-    w.service_us = w.service_us > 1e8 ? us : 0.8 * w.service_us + 0.2 * us;
-    --outstanding;
-    if (state->id != id)
+    if (head->task.state->id != id)
       throw Error("mproc::mpi: rank " + std::to_string(source) + " answered task " + std::to_string(id) +
-                  ", expected " + std::to_string(state->id));
+                  ", expected " + std::to_string(head->task.state->id));
     stats.results_received++;
     stats.result_bytes_received += buf.size();
     const bool ok = buf[8] != std::byte{0};
     if (ok) {
-      done.push_back({std::move(state), Bytes(buf.begin() + kResultHeader, buf.end()), nullptr});
+      sched->complete_head(static_cast<pool::WorkerId>(wi), Bytes(buf.begin() + kResultHeader, buf.end()), nullptr,
+                           done);
     } else {
       std::exception_ptr e;
       try {
@@ -180,12 +154,12 @@ struct Engine::Impl : mproc::detail::Progress {
       } catch (...) {
         e = std::current_exception();
       }
-      done.push_back({std::move(state), {}, e});
+      sched->complete_head(static_cast<pool::WorkerId>(wi), {}, std::move(e), done);
     }
   }
 
   // One round: finished sends, every message waiting, new sends.
-  bool poll_locked(std::vector<Done>& done) {
+  bool poll_locked(Completions& done) {
     if (finished) return false;
     bool did = false;
     if (!out_reqs.empty()) {
@@ -222,7 +196,7 @@ struct Engine::Impl : mproc::detail::Progress {
     }
     if (buf.capacity() > (std::size_t{1} << 20)) Bytes().swap(buf);  // keep no large buffer around
     dispatch_locked();
-    if (closing && !close_sent && pending.empty() && outstanding == 0) {
+    if (closing && !close_sent && sched->idle()) {
       auto none = std::make_shared<Bytes>();
       for (auto& w : workers) isend(none, w.rank, kClose);
       close_sent = true;
@@ -230,17 +204,17 @@ struct Engine::Impl : mproc::detail::Progress {
     return did;
   }
 
-  bool has_work_locked() const { return closing || !pending.empty() || outstanding != 0 || !out_reqs.empty(); }
+  bool has_work_locked() const { return closing || !sched->idle() || !out_reqs.empty(); }
 
   // ---- Progress (waiting threads drive it) --------------------------------
   void poll() override {
     last_drive.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
     std::unique_lock lock(mu, std::try_to_lock);
     if (!lock.owns_lock()) return;
-    std::vector<Done> done;
+    Completions done;
     poll_locked(done);
     lock.unlock();
-    finish_all(done);
+    pool::complete(done);
   }
   void spin_begin() override { spinners.fetch_add(1); }
   void spin_end() override { spinners.fetch_sub(1); }
@@ -263,7 +237,7 @@ struct Engine::Impl : mproc::detail::Progress {
     }
   }
   void run_loop() {
-    std::vector<Done> done;
+    Completions done;
     int sleep_us = 0;
     auto idle_since = Clock::now();
     bool was_busy = true;
@@ -293,12 +267,12 @@ struct Engine::Impl : mproc::detail::Progress {
           if (close_sent && closed_acks == workers.size() && out_reqs.empty()) {
             end_locked();
             lock.unlock();
-            finish_all(done);
+            pool::complete(done);
             return;
           }
         }
       }
-      finish_all(done);
+      pool::complete(done);
       if (driven) {
         sleep_us = 0;
         std::this_thread::sleep_for(std::chrono::microseconds(100));
@@ -421,7 +395,7 @@ struct Engine::Impl : mproc::detail::Progress {
                   std::to_string(n) + " worker(s) failed (" + mpi_error_string(rc) +
                   "). Start it with workers instead: mpirun -n " + std::to_string(n + 1) + " " + exe);
     spawned = true;
-    for (unsigned i = 0; i < n; ++i) workers.push_back({static_cast<int>(i), {}});
+    for (unsigned i = 0; i < n; ++i) workers.push_back({static_cast<int>(i)});
   }
 };
 
@@ -441,7 +415,6 @@ Engine::Engine(const PoolOptions& options) : impl_(std::make_shared<Impl>()) {
       throw Error("mproc::mpi::PoolExecutor: the MPI library provides thread level " + std::to_string(level) +
                   ", at least MPI_THREAD_SERIALIZED is needed");
     auto& m = *impl_;
-    m.depth = options.max_inflight;
     int size = 1;
     MPI_Comm world = world_comm();
     if (world != MPI_COMM_NULL) MPI_Comm_size(world, &size);
@@ -449,7 +422,7 @@ Engine::Engine(const PoolOptions& options) : impl_(std::make_shared<Impl>()) {
       m.comm = world;
       const unsigned avail = static_cast<unsigned>(size - 1);
       const unsigned n = options.max_workers == 0 ? avail : std::min(options.max_workers, avail);
-      for (unsigned i = 1; i <= n; ++i) m.workers.push_back({static_cast<int>(i), {}});
+      for (unsigned i = 1; i <= n; ++i) m.workers.push_back({static_cast<int>(i)});
     } else {
       m.spawn_workers(options.max_workers == 0 ? mproc::cpu_count() : options.max_workers);
     }
@@ -458,6 +431,8 @@ Engine::Engine(const PoolOptions& options) : impl_(std::make_shared<Impl>()) {
     m.rank_to_worker.assign(static_cast<std::size_t>(max_rank) + 1, -1);
     for (std::size_t i = 0; i < m.workers.size(); ++i)
       m.rank_to_worker[static_cast<std::size_t>(m.workers[i].rank)] = static_cast<int>(i);
+    m.sched.emplace(m, mpi_depth(options.max_inflight), m.workers.size());
+    for (std::size_t i = 0; i < m.workers.size(); ++i) m.sched->worker_up(i);
     m.open(options);
     m.progress = std::thread([p = impl_.get()] { p->run(); });
   } catch (...) {
@@ -477,9 +452,9 @@ std::shared_ptr<TaskState> Engine::submit(Call call) {
 std::vector<std::shared_ptr<TaskState>> Engine::submit_many(std::vector<Call> calls) {
   auto& m = *impl_;
   std::vector<std::shared_ptr<TaskState>> states;
-  std::vector<Impl::Pending> items;
+  std::vector<std::shared_ptr<const Bytes>> msgs;
   states.reserve(calls.size());
-  items.reserve(calls.size());
+  msgs.reserve(calls.size());
   for (auto& c : calls) {
     auto s = std::make_shared<TaskState>();
     s->id = m.next_id.fetch_add(1);
@@ -491,23 +466,21 @@ std::vector<std::shared_ptr<TaskState>> Engine::submit_many(std::vector<Call> ca
       ar(s->id, c);
     }
     checked_size(msg->size(), "a task");
-    states.push_back(s);
-    items.push_back({std::move(s), std::move(msg)});
+    states.push_back(std::move(s));
+    msgs.push_back(std::move(msg));
   }
-  std::exception_ptr broken;
+  Completions done;
   {
     std::lock_guard lock(m.mu);
     if (m.closing) throw Error("mproc::mpi: cannot submit a task after the executor was shut down");
-    broken = m.broken;
-    if (!broken) {
-      const bool was_idle = !m.has_work_locked();
-      for (auto& it : items) m.pending.push_back(std::move(it));
-      m.dispatch_locked();
-      if (was_idle && m.deep_sleep) m.cv.notify_one();
-    }
+    const bool was_idle = !m.has_work_locked();
+    for (std::size_t i = 0; i < states.size(); ++i)
+      m.sched->enqueue(pool::Pending{.state = states[i], .wire = std::move(msgs[i])});
+    if (m.broken) m.sched->fail_all(m.broken, done);  // an initializer failed: every task fails with it
+    else m.dispatch_locked();
+    if (was_idle && m.deep_sleep) m.cv.notify_one();
   }
-  if (broken)
-    for (auto& s : states) s->finish({}, broken);
+  pool::complete(done);
   return states;
 }
 
@@ -546,19 +519,16 @@ void Engine::release(std::uint64_t id) {
 
 void Engine::shutdown(bool wait, bool cancel_pending) {
   auto& m = *impl_;
-  std::vector<std::shared_ptr<TaskState>> cancelled;
+  Completions cancelled;
   {
     std::lock_guard lock(m.mu);
     if (!m.closing) {
       m.closing = true;
-      if (cancel_pending) {
-        for (auto& p : m.pending) cancelled.push_back(std::move(p.state));
-        m.pending.clear();
-      }
+      if (cancel_pending) m.sched->cancel_queued(cancelled);
     }
     m.cv.notify_one();
   }
-  for (auto& s : cancelled) s->cancel();
+  pool::complete(cancelled);
   if (!wait) return;
   std::lock_guard join(m.join_mu);
   if (m.progress.joinable() && m.progress.get_id() != std::this_thread::get_id()) m.progress.join();

@@ -155,6 +155,23 @@ TEST(Scheduler, UntimedTasksGoOneAtATimeThenTinyOnesTravelInBatchesUpToTheDepth)
   EXPECT_EQ(h.sched.queued(), 101u - 63u);
 }
 
+TEST(Scheduler, PerWorkerAverageDecidesEachWorkersDepth) {
+  // The MPI executor's rule: 2 ahead until a worker's own tasks prove tiny, then 32.
+  Harness h(pool::DepthRule{.long_tasks = 2, .short_task_us = 1e18, .tiny_min = 32, .tiny_max = 32, .per_worker = true},
+            2);
+  for (int i = 0; i < 4; ++i) h.submit();
+  h.sched.assign();
+  EXPECT_EQ(h.sched.flight(0).size(), 2u);
+  EXPECT_EQ(h.sched.flight(1).size(), 2u);
+  h.answer(0);  // only worker 0 has timed a task
+  EXPECT_GE(h.sched.average_task_us(0), 0.0);
+  EXPECT_LT(h.sched.average_task_us(1), 0.0);
+  for (int i = 0; i < 40; ++i) h.submit();
+  h.sched.assign();
+  EXPECT_EQ(h.sched.flight(0).size(), 32u);
+  EXPECT_EQ(h.sched.flight(1).size(), 2u);
+}
+
 TEST(Scheduler, FixedDepthHoldsThatManyPerWorker) {
   Harness h(pool::DepthRule{.fixed = 3}, 2);
   for (int i = 0; i < 10; ++i) h.submit();
@@ -207,7 +224,7 @@ TEST(Scheduler, DeathBlamesTheRunningTaskAndThoseBeforeItAndRequeuesTheRestFirst
   h.finish(done);
   // 3 killed it; 1 ran before it (its result is lost with the worker).
   EXPECT_TRUE(h.failed_with<mproc::WorkerCrashed>(1));
-  EXPECT_TRUE(h.failed_with<mproc::WorkerCrashed>(3));
+  ASSERT_TRUE(h.failed_with<mproc::WorkerCrashed>(3));
   try {
     std::rethrow_exception(h.tasks[3]->error);
   } catch (const mproc::WorkerCrashed& e) {

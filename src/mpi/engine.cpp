@@ -51,10 +51,15 @@ using pool::Completions;
 
 // Tasks sent ahead to a worker: PoolOptions::max_inflight when set;
 // otherwise 2 (the next task waits at the worker when it answers, long
-// tasks still balance), and 32 once tasks take under 100 µs each
-// (throughput of tiny tasks).
+// tasks still balance), and 32 once that worker's tasks take under 100 µs
+// each (throughput of tiny tasks; ranks may differ in speed).
 pool::DepthRule mpi_depth(unsigned max_inflight) {
-  return pool::DepthRule{.fixed = max_inflight, .long_tasks = 2, .short_task_us = 100, .tiny_min = 32, .tiny_max = 32};
+  return pool::DepthRule{.fixed = max_inflight,
+                         .long_tasks = 2,
+                         .short_task_us = 100,
+                         .tiny_min = 32,
+                         .tiny_max = 32,
+                         .per_worker = true};
 }
 
 int checked_size(std::size_t n, const char* what) {

@@ -21,12 +21,11 @@ void Scheduler::settle(Completions& done, std::shared_ptr<TaskState> state, Byte
 Scheduler::Scheduler(Transport& transport, DepthRule rule, std::size_t workers)
     : transport_(transport), rule_(rule), slots_(workers), first_(workers) {}
 
-std::size_t Scheduler::depth() const {
+// `tiny`: the depth for tiny tasks, from the queue's length when assign() began.
+std::size_t Scheduler::depth(const Slot& s, std::size_t tiny) const {
   if (rule_.fixed != 0) return rule_.fixed;
-  if (avg_task_us_ < 0 || avg_task_us_ > rule_.short_task_us) return rule_.long_tasks;
-  std::size_t live = 0;
-  for (auto& s : slots_) live += s.phase == WorkerPhase::live;
-  return std::clamp(queue_.size() / std::max<std::size_t>(1, live), rule_.tiny_min, rule_.tiny_max);
+  const double avg = rule_.per_worker ? s.avg_us : avg_task_us_;
+  return avg < 0 || avg > rule_.short_task_us ? rule_.long_tasks : tiny;
 }
 
 // The head of a worker's flight is the task it runs (it runs them in
@@ -44,13 +43,18 @@ void Scheduler::arm_head(Slot& s) {
 
 void Scheduler::assign() {
   if (queue_.empty()) return;
-  const std::size_t limit = depth();
-  for (std::size_t i = 0; i < slots_.size(); ++i) first_[i] = slots_[i].flight.size();
+  std::size_t live = 0;
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    first_[i] = slots_[i].flight.size();
+    live += slots_[i].phase == WorkerPhase::live;
+  }
+  const std::size_t tiny = std::clamp(queue_.size() / std::max<std::size_t>(1, live), rule_.tiny_min, rule_.tiny_max);
   // Each round gives one task to the least loaded worker: idle ones first.
   while (!queue_.empty()) {
     Slot* best = nullptr;
     for (auto& s : slots_)
-      if (s.phase == WorkerPhase::live && s.flight.size() < limit && (!best || s.flight.size() < best->flight.size()))
+      if (s.phase == WorkerPhase::live && s.flight.size() < depth(s, tiny) &&
+          (!best || s.flight.size() < best->flight.size()))
         best = &s;
     if (!best) break;
     const std::size_t size = queue_.front().call.payload.size();
@@ -74,6 +78,7 @@ void Scheduler::complete_head(WorkerId worker, Bytes result, std::exception_ptr 
   Slot& s = slots_[worker];
   const double us = std::chrono::duration<double, std::micro>(Clock::now() - s.flight.front().started).count();
   avg_task_us_ = avg_task_us_ < 0 ? us : 0.8 * avg_task_us_ + 0.2 * us;
+  s.avg_us = s.avg_us < 0 ? us : 0.8 * s.avg_us + 0.2 * us;
   auto task = std::move(s.flight.front().task.state);
   s.flight.pop_front();
   --in_flight_;

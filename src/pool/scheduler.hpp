@@ -9,16 +9,19 @@
 //
 // A task's life:
 //
-//   enqueue ──▶ queued ──assign()──▶ sent ──heads its worker's flight──▶ running
-//                │ ▲                  │                                   │
-//                │ └──worker_died(): it never started (requeued; ────────┤
-//                │    blamed as the runner after kMaxRequeues)           │
-//                │                                                       ├─complete_head()──▶ done / failed
-//                ├─cancel() by the user: dropped by assign() ─▶ cancelled├─doom_head() (deadline)──▶ timed out
-//                ├─cancel_queued() (shutdown, cancel_futures) ▶ cancelled├─worker_died() (it ran)──▶ crashed
-//                └─fail_all() (pool broken / stopped, any state) ──────┐ └─doom_through() (fault)─▶ crashed
-//                                                                      ▼
-//                                                                failed (BrokenPool)
+//                       assign()                heads its worker's flight
+//   enqueue ─▶ queued ───────────▶ sent ─────────────────────────────────▶ running
+//               │  ▲                │                                        │
+//               │  └─worker_died()──┘ never started: requeued at the front;  │
+//               │    blamed instead once it headed kMaxRequeues dead flights │
+//               │                                                            │
+//               │ cancel() by the user (assign() drops it)  complete_head() ─┼─▶ done / failed (RemoteError,
+//               │                                                            │    ResultTooLarge)
+//               │ cancel_queued() (shutdown, cancel_futures)    doom_head() ─┼─▶ timed out (TaskTimeout)
+//               ▼                                             worker_died() ─┼─▶ crashed (WorkerCrashed)
+//           cancelled                                        doom_through() ─┴─▶ crashed (WorkerFault)
+//
+//   fail_all() (pool broken or stopped): queued, sent, running ──▶ failed (BrokenPool)
 //
 // "sent" and "running" differ only in the core's view (the head of a
 // worker's flight runs: its time and deadline count from when it became
@@ -30,11 +33,15 @@
 //
 // A worker's life (the slot's WorkerPhase):
 //
-//   absent ──worker_up()──▶ live ──worker_retiring()──▶ retiring ──┐
-//     ▲                      │ │                                   │ worker_died():
-//     │                      │ └──doom_head() / doom_through()──▶ doomed ──┤ requeue what
-//     │                      └─────────────────────────────────────────────┤ never started
-//     └────────────────────────────────────────────────────────────────────┘
+//   absent ──worker_up()──▶ live ──worker_retiring()──▶ retiring ────────┐
+//     ▲                      │    (its result said it exits after it)    │
+//     │                      ├──doom_head() / doom_through()──▶ doomed ──┤
+//     │                      │    (deadline / fault: the tasks concerned │
+//     │                      │     settled now; the engine kills it)     │
+//     │                      └──────────────── dies ─────────────────────┤
+//     │                                                                  ▼
+//     └─────── the engine starts a replacement ◀──── worker_died(): blames the task it
+//              (unless the pool stops)                ran (unless doomed), requeues the rest
 //
 // Only live workers get tasks. A doomed worker's blamed tasks were settled
 // when it was doomed, so its death blames nothing more.
@@ -95,12 +102,14 @@ using ErrorFor = std::function<std::exception_ptr(std::uint64_t task)>;
 // `long_tasks` (1 locally: the others stay cancellable and go to whichever
 // worker frees first, as Python's executor; 2 over MPI, hiding the network).
 // Tiny tasks: pending / live workers, clamped to [tiny_min, tiny_max], so
-// they travel in batches.
+// they travel in batches. The average that decides is the pool's, or each
+// worker's own (per_worker: MPI ranks may run on hosts of different speeds).
 struct DepthRule {
   std::size_t fixed = 0;
   std::size_t long_tasks = 1;
   double short_task_us = 1000;
   std::size_t tiny_min = 2, tiny_max = 32;
+  bool per_worker = false;
   // More is queued behind a worker's running task only while the payloads
   // queued fit this (the local engine: the socket buffer, so a large task
   // sent while the worker writes a large result never blocks both sides).
@@ -164,6 +173,7 @@ class Scheduler {
   bool idle() const { return queue_.empty() && in_flight_ == 0; }
   std::size_t workers() const { return slots_.size(); }
   double average_task_us() const { return avg_task_us_; }  // -1 until one finished
+  double average_task_us(WorkerId worker) const { return slots_[worker].avg_us; }
   // The earliest deadline of a running task on a worker not doomed.
   Clock::time_point earliest_deadline() const;
   // True once after a running task got a deadline (the engine sets its timer).
@@ -178,10 +188,11 @@ class Scheduler {
     std::deque<InFlight> flight;
     std::size_t queued_bytes = 0;  // payloads sent behind the running task
     std::uint64_t abandoned = 0;   // settled when doomed: its late result is ignored
+    double avg_us = -1;            // this worker's average task time (DepthRule::per_worker)
     WorkerPhase phase = WorkerPhase::absent;
   };
 
-  std::size_t depth() const;
+  std::size_t depth(const Slot& s, std::size_t tiny) const;
   void arm_head(Slot& s);
   void doom(Slot& s, std::size_t count, const ErrorFor& error, Completions& done);
   // The one way a task reaches a final state.

@@ -326,6 +326,20 @@ TEST(Scheduler, DoomedWorkerSettlesItsHeadOnceAndItsDeathBlamesNothingMore) {
   EXPECT_EQ(h.settled(), Ids{1});
 }
 
+TEST(Scheduler, ATaskThatNeverHeadedItsFlightDoesNotSkewTheAverage) {
+  Harness h(pool::DepthRule{.fixed = 2}, 1);
+  h.submit();
+  h.submit();
+  h.sched.assign();
+  pool::Completions done;
+  h.sched.doom_head(0, crashed_by(3), done);  // deadline: task 2 is next, never headed
+  h.finish(done);
+  EXPECT_LT(h.sched.average_task_us(), 0.0);
+  h.answer(0);  // the doomed worker finished task 2 before its SIGKILL landed
+  EXPECT_TRUE(h.tasks[2]->finished());
+  EXPECT_LT(h.sched.average_task_us(), 0.0) << "timed from the clock's epoch";
+}
+
 TEST(Scheduler, FaultFailsTheTasksThroughTheOneItRuns) {
   Harness h(pool::DepthRule{.fixed = 4}, 1);
   for (int i = 0; i < 4; ++i) h.submit();

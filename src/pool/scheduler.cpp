@@ -76,9 +76,13 @@ void Scheduler::assign() {
 
 void Scheduler::complete_head(WorkerId worker, Bytes result, std::exception_ptr error, Completions& done) {
   Slot& s = slots_[worker];
-  const double us = std::chrono::duration<double, std::micro>(Clock::now() - s.flight.front().started).count();
-  avg_task_us_ = avg_task_us_ < 0 ? us : 0.8 * avg_task_us_ + 0.2 * us;
-  s.avg_us = s.avg_us < 0 ? us : 0.8 * s.avg_us + 0.2 * us;
+  // Timed from when it headed the flight; a task that never did (the one
+  // after a doomed worker's abandoned head) says nothing of the time a task takes.
+  if (const auto started = s.flight.front().started; started != Clock::time_point{}) {
+    const double us = std::chrono::duration<double, std::micro>(Clock::now() - started).count();
+    avg_task_us_ = avg_task_us_ < 0 ? us : 0.8 * avg_task_us_ + 0.2 * us;
+    s.avg_us = s.avg_us < 0 ? us : 0.8 * s.avg_us + 0.2 * us;
+  }
   auto task = std::move(s.flight.front().task.state);
   s.flight.pop_front();
   --in_flight_;

@@ -30,6 +30,9 @@ std::atomic<detail::InitHook> g_init_hook{nullptr};  // mproc_mpi's, when linked
 constexpr const char* kRole = "MPROC_ROLE";
 constexpr const char* kFd = "MPROC_FD";
 constexpr const char* kParent = "MPROC_PARENT";
+// The start method that started a re-executed child: its own default (as
+// Python's spawn.prepare() sets the child's start method).
+constexpr const char* kMethod = "MPROC_CHILD_START_METHOD";
 constexpr int kChildFd = 3;
 
 // g_mu is held across fork (handlers registered at load): a child forked
@@ -57,11 +60,13 @@ pid_t spawn_self(int fd, const char* role) {
     args = g_argv;
   }
   for (char** e = environ; *e; ++e)
-    if (std::strncmp(*e, "MPROC_ROLE=", 11) && std::strncmp(*e, "MPROC_FD=", 9) && std::strncmp(*e, "MPROC_PARENT=", 13))
+    if (std::strncmp(*e, "MPROC_ROLE=", 11) && std::strncmp(*e, "MPROC_FD=", 9) && std::strncmp(*e, "MPROC_PARENT=", 13) &&
+        std::strncmp(*e, "MPROC_CHILD_START_METHOD=", 25))
       env.emplace_back(*e);
   env.push_back(std::string(kRole) + "=" + role);
   env.push_back(std::string(kFd) + "=" + std::to_string(kChildFd));
   env.push_back(std::string(kParent) + "=" + std::to_string(::getpid()));
+  env.push_back(std::string(kMethod) + "=" + role);
   std::vector<char*> argv, envp;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -98,9 +103,20 @@ void init(int argc, char** argv, const InitOptions& options) {
     const std::string r = role;
     const int fd = env_int(kFd);
     const pid_t parent = env_int(kParent);
+    const char* started_by = std::getenv(kMethod);
+    {
+      // The child is initialised too: its argv lets it spawn grandchildren,
+      // and its default start method is the one that started it.
+      std::lock_guard lock(g_mu);
+      g_initialized = true;
+      g_argv.assign(argv, argv + argc);
+      if (started_by)
+        if (auto m = parse_start_method(started_by)) g_method = *m;
+    }
     ::unsetenv(kRole);
     ::unsetenv(kFd);
     ::unsetenv(kParent);
+    ::unsetenv(kMethod);
     if (r == "spawn") detail::run_launched_child(fd, parent);
     if (r == "forkserver") detail::forkserver_main(fd, parent);
     ::_exit(74);
@@ -147,7 +163,11 @@ StartMethod get_start_method() {
 }
 
 std::vector<StartMethod> get_all_start_methods() {
-  return {StartMethod::fork, StartMethod::spawn, StartMethod::forkserver};
+  // The default first, as Python's (3.14) does.
+  std::vector<StartMethod> all{get_start_method()};
+  for (StartMethod m : {StartMethod::fork, StartMethod::spawn, StartMethod::forkserver})
+    if (m != all.front()) all.push_back(m);
+  return all;
 }
 
 Context get_context(std::optional<StartMethod> method) { return Context(method.value_or(get_start_method())); }

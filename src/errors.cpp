@@ -5,6 +5,9 @@
 
 namespace mproc {
 
+OSError::OSError(int err, const std::string& call)
+    : Error(call + ": " + std::generic_category().message(err)), code_(err, std::generic_category()) {}
+
 RemoteError::RemoteError(std::string type_name, std::string message)
     : Error(type_name + ": " + message), type_name_(std::move(type_name)), message_(std::move(message)) {}
 

@@ -65,7 +65,7 @@ void die_with_parent(pid_t parent) noexcept {
 
 void write_launch(int ctrl_fd, const LaunchMessage& msg, std::span<const int> fds) {
   if (fds.size() > kMaxFds)
-    throw std::invalid_argument("mproc: a target may carry at most " + std::to_string(kMaxFds) +
+    throw ValueError("mproc: a target may carry at most " + std::to_string(kMaxFds) +
                                 " connections, not " + std::to_string(fds.size()));
   Bytes frame(sizeof(std::uint64_t));
   serialize_into(frame, msg);

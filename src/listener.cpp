@@ -50,9 +50,9 @@ SockAddr to_sockaddr(const Address& a) {
     un->sun_family = AF_UNIX;
     const bool abstract = !a.path.empty() && a.path[0] == '@';
     if (a.path.empty() || (abstract && a.path.size() < 2))
-      throw std::invalid_argument("mproc::Address: empty Unix socket path");
+      throw ValueError("mproc::Address: empty Unix socket path");
     if (a.path.size() >= sizeof(un->sun_path))
-      throw std::invalid_argument(fmt::format("mproc::Address: Unix socket path longer than {} bytes: {}",
+      throw ValueError(fmt::format("mproc::Address: Unix socket path longer than {} bytes: {}",
                                               sizeof(un->sun_path) - 1, a.path));
     std::memcpy(un->sun_path, a.path.data(), a.path.size());
     if (abstract) un->sun_path[0] = '\0';
@@ -78,7 +78,7 @@ SockAddr to_sockaddr(const Address& a) {
     out.family = AF_INET6;
     return out;
   }
-  throw std::invalid_argument("mproc::Address: not a numeric IPv4 or IPv6 address: " + host);
+  throw ValueError("mproc::Address: not a numeric IPv4 or IPv6 address: " + host);
 }
 
 void set_nodelay(int fd) {
@@ -229,7 +229,7 @@ Address Address::tcp(std::string host, std::uint16_t port) {
 }
 
 Address Address::parse(std::string_view text) {
-  auto bad = [&] { return std::invalid_argument("mproc::Address: cannot parse \"" + std::string(text) + "\""); };
+  auto bad = [&] { return ValueError("mproc::Address: cannot parse \"" + std::string(text) + "\""); };
   if (text.starts_with("unix:")) {
     std::string_view p = text.substr(5);
     if (p.empty()) throw bad();

@@ -30,7 +30,7 @@ std::string to_string(std::span<const std::byte> b) { return {reinterpret_cast<c
 std::string_view view(std::span<const std::byte> b) { return {reinterpret_cast<const char*>(b.data()), b.size()}; }
 
 [[noreturn]] void unknown_method(const Servant& s, std::string_view m) {
-  throw std::invalid_argument("mproc::Manager: a " + s.kind + " has no method '" + std::string(m) + "'");
+  throw ValueError("mproc::Manager: a " + s.kind + " has no method '" + std::string(m) + "'");
 }
 
 // A wire timeout (seconds; negative: forever) as a deadline. NaN counts as 0.
@@ -192,7 +192,7 @@ class ListServant final : public Servant {
     } else if (m == "len") {
       wire::put_u64(out, items_.size());
     } else if (m == "pop") {
-      if (items_.empty()) throw std::out_of_range("pop from empty list (IndexError)");
+      if (items_.empty()) throw IndexError("pop from empty list");
       const std::size_t i = at(a);
       wire::put_str(out, items_[i]);
       items_.erase(items_.begin() + static_cast<std::ptrdiff_t>(i));
@@ -202,7 +202,7 @@ class ListServant final : public Servant {
       items_.insert(items_.begin() + static_cast<std::ptrdiff_t>(i), to_string(a.bytes()));
     } else if (m == "remove" || m == "index") {
       auto it = std::find(items_.begin(), items_.end(), view(a.bytes()));
-      if (it == items_.end()) throw std::out_of_range("list." + std::string(m) + "(x): x not in list (ValueError)");
+      if (it == items_.end()) throw ValueError("list." + std::string(m) + "(x): x not in list");
       if (m == "remove") items_.erase(it);
       else wire::put_u64(out, static_cast<std::uint64_t>(it - items_.begin()));
     } else if (m == "count") {
@@ -218,7 +218,7 @@ class ListServant final : public Servant {
   std::size_t at(wire::Reader& a) {
     const std::int64_t i = norm_index(static_cast<std::int64_t>(a.u64()), items_.size());
     if (i < 0 || i >= static_cast<std::int64_t>(items_.size()))
-      throw std::out_of_range("list index out of range (IndexError)");
+      throw IndexError("list index out of range");
     return static_cast<std::size_t>(i);
   }
   std::mutex mu_;
@@ -349,7 +349,7 @@ class LockServant final : public Servant {
       if (got) locked_ = true;
       wire::put_u8(out, got ? 1 : 0);
     } else if (m == "release") {
-      if (!locked_) throw std::logic_error("release of an unlocked lock");
+      if (!locked_) throw ValueError("release of an unlocked lock");
       locked_ = false;
       cv_.notify_one();
     } else if (m == "locked") {
@@ -397,7 +397,7 @@ class BarrierServant final : public Servant {
 
  public:
   explicit BarrierServant(std::uint64_t parties) : parties_(parties) {
-    if (parties == 0) throw std::invalid_argument("Barrier: parties must be at least 1");
+    if (parties == 0) throw ValueError("Barrier: parties must be at least 1");
   }
   void call(std::string_view m, wire::Reader& a, Bytes& out, CallContext& ctx) override {
     std::unique_lock lk(mu_);
@@ -468,7 +468,7 @@ class NamespaceServant final : public Servant {
       const std::string_view name = a.str();
       auto it = values_.find(name);
       if (it == values_.end())
-        throw std::out_of_range("Namespace has no attribute '" + std::string(name) + "' (AttributeError)");
+        throw AttributeError("Namespace has no attribute '" + std::string(name) + "'");
       wire::put_str(out, it->second.first);
       wire::put_str(out, it->second.second);
     } else if (m == "has") {
@@ -508,7 +508,7 @@ std::unique_ptr<Servant> make_builtin_servant(std::string_view kind, wire::Reade
   if (kind == "event") return std::make_unique<EventServant>();
   if (kind == "barrier") return std::make_unique<BarrierServant>(init.u64());
   if (kind == "namespace") return std::make_unique<NamespaceServant>();
-  throw std::invalid_argument("mproc::Manager: unknown object kind '" + std::string(kind) + "'");
+  throw ValueError("mproc::Manager: unknown object kind '" + std::string(kind) + "'");
 }
 
 }  // namespace mproc::detail

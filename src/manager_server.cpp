@@ -51,7 +51,7 @@ Server::Entry Server::find(std::uint64_t id) {
   std::shared_lock lk(mu_);
   auto it = objects_.find(id);
   if (it == objects_.end())
-    throw std::invalid_argument(fmt::format("mproc::Manager: no object with id {} (released, or never made)", id));
+    throw ValueError(fmt::format("mproc::Manager: no object with id {} (released, or never made)", id));
   return it->second;
 }
 
@@ -99,18 +99,18 @@ void Server::server_call(std::string_view method, wire::Reader& a, Bytes& out) {
       if (n != names_.end()) {
         const Entry& e = objects_.at(n->second);
         if (e.servant->kind != kind || e.servant->sig != sig)
-          throw std::invalid_argument(fmt::format("mproc::Manager: '{}' is a {} of other types than asked for",
+          throw ValueError(fmt::format("mproc::Manager: '{}' is a {} of other types than asked for",
                                                   name, e.servant->kind));
         return wire::put_u64(out, n->second);
       }
     }
     if (objects_.size() >= config_.max_objects)
-      throw std::length_error(fmt::format("mproc::Manager: the server holds {} objects already", objects_.size()));
+      throw Error(fmt::format("mproc::Manager: the server holds {} objects already", objects_.size()));
     Entry e;
     if (kind == "user") {
       auto t = config_.types->find(sig);
       if (t == config_.types->end())
-        throw std::invalid_argument(fmt::format("mproc::Manager: type '{}' is not registered in the server", sig));
+        throw ValueError(fmt::format("mproc::Manager: type '{}' is not registered in the server", sig));
       e.servant = t->second();
       e.lock = std::make_shared<std::mutex>();
     } else {
@@ -135,7 +135,7 @@ void Server::server_call(std::string_view method, wire::Reader& a, Bytes& out) {
   } else if (method == "shutdown") {
     stopping_ = true;  // the accept loop is woken once the reply is sent (wake())
   } else {
-    throw std::invalid_argument(fmt::format("mproc::Manager: the server has no method '{}'", method));
+    throw ValueError(fmt::format("mproc::Manager: the server has no method '{}'", method));
   }
 }
 

@@ -107,7 +107,10 @@ void spin_for_reply(Connection& c) {
 }
 
 [[noreturn]] void throw_remote(std::string type, std::string message) {
-  if (type == "std::out_of_range") throw std::out_of_range(message);
+  if (type == "mproc::KeyError") throw KeyError(message);
+  if (type == "mproc::IndexError") throw IndexError(message);
+  if (type == "mproc::ValueError") throw ValueError(message);
+  if (type == "mproc::AttributeError") throw AttributeError(message);
   if (type == "mproc::Empty") throw Empty(message);
   if (type == "mproc::Full") throw Full(message);
   if (type == "mproc::BrokenBarrierError") throw BrokenBarrierError(message);
@@ -178,7 +181,7 @@ Bytes ProxyBase::request(std::string_view method) const {
 
 CallResult ProxyBase::call(Bytes&& request) const {
   if (authkey_.empty() && address_.path.empty() && address_.host.empty())
-    throw std::logic_error("mproc: call through an empty proxy (default-constructed or moved from)");
+    throw ValueError("mproc: call through an empty proxy (default-constructed or moved from)");
   auto ep = ep_.get(address_, authkey_);
   Connection c = take(*ep);
   CallResult res;
@@ -283,7 +286,7 @@ Manager::~Manager() {
 }
 
 void Manager::start() {
-  if (state_ != State::idle) throw std::logic_error("Manager::start: the manager is already running");
+  if (state_ != State::idle) throw ValueError("Manager::start: the manager is already running");
   authkey_ = options_.authkey.empty() ? random_authkey() : options_.authkey;
   cleanup_leaked_segments();  // dead creators' named segments go now, not at some later create
   // Default: a Unix socket in a fresh 0700 directory (Listener's empty path).
@@ -303,8 +306,8 @@ void Manager::start() {
 }
 
 void Manager::connect() {
-  if (state_ != State::idle) throw std::logic_error("Manager::connect: the manager is already running");
-  if (!options_.address) throw std::invalid_argument("Manager::connect: ManagerOptions::address is required");
+  if (state_ != State::idle) throw ValueError("Manager::connect: the manager is already running");
+  if (!options_.address) throw ValueError("Manager::connect: ManagerOptions::address is required");
   address_ = *options_.address;
   authkey_ = options_.authkey;
   root_ = detail::ProxyBase(address_, authkey_, 0);
@@ -313,8 +316,8 @@ void Manager::connect() {
 }
 
 void Manager::serve_forever(const std::function<void(const Address&)>& ready) {
-  if (state_ != State::idle) throw std::logic_error("Manager::serve_forever: the manager is already running");
-  if (!options_.address) throw std::invalid_argument("Manager::serve_forever: ManagerOptions::address is required");
+  if (state_ != State::idle) throw ValueError("Manager::serve_forever: the manager is already running");
+  if (!options_.address) throw ValueError("Manager::serve_forever: ManagerOptions::address is required");
   authkey_ = options_.authkey;
   Listener listener(*options_.address, authkey_);
   address_ = listener.address();
@@ -357,7 +360,7 @@ void Manager::shutdown() {
 
 void Manager::require_running(const char* op) const {
   if (state_ != State::started && state_ != State::connected)
-    throw std::logic_error(fmt::format("Manager::{}: start() or connect() the manager first", op));
+    throw ValueError(fmt::format("Manager::{}: start() or connect() the manager first", op));
 }
 
 detail::ProxyBase Manager::make(std::string_view kind, std::string_view name, std::string_view sig,

@@ -31,6 +31,7 @@ struct ProcessState {
   sys::UniqueFd ctrl;      // our end of the child's control socket
   std::optional<int> exitcode;
   std::optional<ErrorInfo> error;
+  bool closed = false;     // close() was called: only name/daemon/pid remain
   std::mutex mu;           // reaping may race between threads
 };
 
@@ -110,7 +111,7 @@ void start_exec(ProcessState& s, sys::UniqueFd child_ctrl) {
   std::vector<int> fds;
   s.target.encode(msg.entry, msg.payload, fds);
   if (fds.size() > 250)
-    throw std::invalid_argument("mproc::Process::start: " + s.options.name + " carries " + std::to_string(fds.size()) +
+    throw ValueError("mproc::Process::start: " + s.options.name + " carries " + std::to_string(fds.size()) +
                                 " connections; at most 250 can be passed");
   if (s.method == StartMethod::spawn) {
     s.pid = spawn_child(child_ctrl.get());
@@ -177,8 +178,10 @@ Process& Process::operator=(Process&& other) noexcept {
 Process::~Process() {
   if (!s_ || !s_->started) return;
   try {
-    if (!s_->exitcode && s_->options.daemon) kill();
-    join();
+    if (!s_->closed) {  // closed: reaped already
+      if (!s_->exitcode && s_->options.daemon) kill();
+      join();
+    }
   } catch (...) {
     // Destructors don't throw; the pidfd close below still releases the child.
   }
@@ -186,22 +189,30 @@ Process::~Process() {
 }
 
 ProcessState& Process::state() const {
-  if (!s_) throw std::logic_error("mproc::Process: empty (moved-from or default-constructed)");
+  if (!s_) throw ValueError("mproc::Process: empty (moved-from or default-constructed)");
   return *s_;
 }
 
-void Process::start() {
+// Python's _check_closed: what needs the child's handles refuses once closed.
+ProcessState& Process::open_state(const char* op) const {
   ProcessState& s = state();
-  if (s.started) throw std::logic_error("mproc::Process::start: " + s.options.name + " was already started");
+  if (s.closed)
+    throw ValueError(std::string("mproc::Process::") + op + ": " + s.options.name + " is closed (close() was called)");
+  return s;
+}
+
+void Process::start() {
+  ProcessState& s = open_state("start");
+  if (s.started) throw ValueError("mproc::Process::start: " + s.options.name + " was already started");
   s.method = s.options.start_method.value_or(get_start_method());
   if (s.method != StartMethod::fork) {
     if (!s.target.encode)
-      throw std::invalid_argument(
+      throw ValueError(
           "mproc::Process::start: " + s.options.name + ": under " + std::string(to_string(s.method)) +
           " the target must be a function, a captureless lambda or a serializable function object, "
           "with serializable arguments (or use StartMethod::fork)");
     if (!detail::have_argv())
-      throw std::logic_error("mproc::Process::start: " + std::string(to_string(s.method)) +
+      throw ValueError("mproc::Process::start: " + std::string(to_string(s.method)) +
                              " needs mproc::init(argc, argv) at the top of main");
   }
   // With SIGCHLD ignored the kernel reaps children at once: their exit codes
@@ -209,7 +220,7 @@ void Process::start() {
   struct sigaction chld {};
   ::sigaction(SIGCHLD, nullptr, &chld);
   if (chld.sa_handler == SIG_IGN || (chld.sa_flags & SA_NOCLDWAIT))
-    throw std::logic_error("mproc::Process::start: SIGCHLD is ignored (SIG_IGN or SA_NOCLDWAIT) in this process; "
+    throw ValueError("mproc::Process::start: SIGCHLD is ignored (SIG_IGN or SA_NOCLDWAIT) in this process; "
                            "children could not be joined");
   detail::flush_stdio();
   auto [mine, theirs] = sys::socket_pair(SOCK_STREAM);
@@ -226,9 +237,11 @@ void Process::start(std::error_code& ec) noexcept {
   ec.clear();
   try {
     start();
+  } catch (const OSError& e) {
+    ec = e.code();
   } catch (const std::system_error& e) {
     ec = e.code();
-  } catch (const std::invalid_argument&) {
+  } catch (const ValueError&) {
     ec = std::make_error_code(std::errc::invalid_argument);
   } catch (...) {
     ec = std::make_error_code(std::errc::operation_not_permitted);
@@ -238,9 +251,9 @@ void Process::start(std::error_code& ec) noexcept {
 void Process::join() { join(std::nullopt); }
 
 bool Process::join(Timeout timeout) {
-  ProcessState& s = state();
-  if (!s.started) throw std::logic_error("mproc::Process::join: " + s.options.name + " was not started");
-  if (s.owner != ::getpid()) throw std::logic_error("mproc::Process::join: can only join a child process");
+  ProcessState& s = open_state("join");
+  if (!s.started) throw ValueError("mproc::Process::join: " + s.options.name + " was not started");
+  if (s.owner != ::getpid()) throw ValueError("mproc::Process::join: can only join a child process");
   if (detail::try_reap(s)) return true;
   if (!sys::wait_readable(detail::sentinel_of(s), timeout)) return false;
   // Readable means ended; the fork server may need a moment to report.
@@ -249,12 +262,12 @@ bool Process::join(Timeout timeout) {
 }
 
 bool Process::is_alive() {
-  ProcessState& s = state();
+  ProcessState& s = open_state("is_alive");
   return s.started && !detail::try_reap(s);
 }
 
 std::optional<int> Process::exitcode() {
-  ProcessState& s = state();
+  ProcessState& s = open_state("exitcode");
   if (!s.started) return std::nullopt;
   detail::try_reap(s);
   return s.exitcode;
@@ -266,7 +279,7 @@ void Process::set_name(std::string name) { state().options.name = std::move(name
 bool Process::daemon() const { return state().options.daemon; }
 void Process::set_daemon(bool daemon) {
   ProcessState& s = state();
-  if (s.started) throw std::logic_error("mproc::Process::set_daemon: " + s.options.name + " already started");
+  if (s.started) throw ValueError("mproc::Process::set_daemon: " + s.options.name + " already started");
   s.options.daemon = daemon;
 }
 StartMethod Process::start_method() const {
@@ -275,23 +288,23 @@ StartMethod Process::start_method() const {
 }
 
 void Process::terminate() {
-  ProcessState& s = state();
+  ProcessState& s = open_state("terminate");
   if (s.started && !s.exitcode) sys::pidfd_signal(s.pidfd.get(), SIGTERM);
 }
 
 void Process::kill() {
-  ProcessState& s = state();
+  ProcessState& s = open_state("kill");
   if (s.started && !s.exitcode) sys::pidfd_signal(s.pidfd.get(), SIGKILL);
 }
 
 int Process::sentinel() const {
-  const ProcessState& s = state();
-  if (!s.started) throw std::logic_error("mproc::Process::sentinel: " + s.options.name + " was not started");
+  const ProcessState& s = open_state("sentinel");
+  if (!s.started) throw ValueError("mproc::Process::sentinel: " + s.options.name + " was not started");
   return detail::sentinel_of(s);
 }
 
 std::optional<RemoteError> Process::exception() {
-  ProcessState& s = state();
+  ProcessState& s = open_state("exception");
   if (!s.started || !detail::try_reap(s) || !s.error) return std::nullopt;
   return to_remote_error(*s.error);
 }
@@ -299,11 +312,12 @@ std::optional<RemoteError> Process::exception() {
 void Process::close() {
   ProcessState& s = state();
   if (s.started && !detail::try_reap(s))
-    throw std::logic_error("mproc::Process::close: " + s.options.name + " (pid " + std::to_string(s.pid) +
+    throw ValueError("mproc::Process::close: " + s.options.name + " (pid " + std::to_string(s.pid) +
                            ") is still running");
   s.pidfd.reset();
   s.status.reset();
   s.ctrl.reset();
+  s.closed = true;
 }
 
 ProcessInfo current_process() {

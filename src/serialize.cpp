@@ -98,9 +98,9 @@ namespace mproc {
 
 std::uint32_t OutputArchive::attach_fd(int fd, const char* what) {
   if (!fds_)
-    throw std::invalid_argument(std::string("mproc: a ") + what +
+    throw ValueError(std::string("mproc: a ") + what +
                                 " can only be given to a child process as an argument of its target");
-  if (fd < 0) throw std::invalid_argument(std::string("mproc: cannot send a closed ") + what);
+  if (fd < 0) throw ValueError(std::string("mproc: cannot send a closed ") + what);
   fds_->push_back(fd);
   return static_cast<std::uint32_t>(fds_->size() - 1);
 }

@@ -401,7 +401,7 @@ void SharedMemory::save(OutputArchive& ar) const {
       const std::uint32_t index = ar.attach_fd(seg_->fd.get(), "mproc shared object");
       ar(std::uint8_t{kNamedPassedFd}, index, seg_->name);
       return;
-    } catch (const std::invalid_argument&) {  // no fd channel: by name, checked by the receiver
+    } catch (const ValueError&) {  // no fd channel: by name, checked by the receiver
     }
     struct stat st {};
     sys::check(::fstat(seg_->fd.get(), &st), "fstat(shared memory)");
@@ -412,7 +412,7 @@ void SharedMemory::save(OutputArchive& ar) const {
   bool passed = true;
   try {
     index = ar.attach_fd(seg_->fd.get(), "mproc shared object");
-  } catch (const std::invalid_argument&) {
+  } catch (const ValueError&) {
     passed = false;  // no fd channel (a pool task's arguments): name the fd through /proc instead
   }
   const auto len = static_cast<std::uint64_t>(seg_->map_len);

@@ -11,7 +11,9 @@
 #include <climits>
 #include <new>
 #include <system_error>
+#include <type_traits>
 
+#include "mproc/function_ref.hpp"
 #include "sys/futex.hpp"
 
 namespace mproc {
@@ -61,7 +63,7 @@ static_assert(sizeof(MutexState) <= kMutexStateSize);
 
 SharedMutex::SharedMutex(SharedMemory mem, std::size_t offset, bool init, bool recursive)
     : mem_(std::move(mem)), offset_(offset) {
-  if (offset_ + kMutexStateSize > mem_.size()) throw std::out_of_range("mproc: mutex outside its shared block");
+  if (offset_ + kMutexStateSize > mem_.size()) throw ValueError("mproc: mutex outside its shared block");
   void* at = mem_.buf().data() + offset_;
   if (init) {
     auto* st = new (at) MutexState{};
@@ -72,7 +74,7 @@ SharedMutex::SharedMutex(SharedMemory mem, std::size_t offset, bool init, bool r
     ::pthread_mutexattr_settype(&a, recursive ? PTHREAD_MUTEX_RECURSIVE : PTHREAD_MUTEX_ERRORCHECK);
     int rc = ::pthread_mutex_init(&st->m, &a);
     ::pthread_mutexattr_destroy(&a);
-    if (rc != 0) throw std::system_error(rc, std::generic_category(), "pthread_mutex_init");
+    if (rc != 0) throw OSError(rc, "pthread_mutex_init");
   }
   st_ = static_cast<MutexState*>(at);
 }
@@ -113,8 +115,21 @@ bool SharedMutex::acquire(Timeout timeout) const {
     rc = 0;
   }
   if (rc == EBUSY || rc == ETIMEDOUT) return false;
-  if (rc == EDEADLK) throw Error("mproc::Lock: the calling thread already holds this lock (an RLock may be re-entered)");
-  if (rc != 0) throw std::system_error(rc, std::generic_category(), "pthread_mutex_lock");
+  if (rc == EDEADLK) {
+    // The caller holds this (non-recursive) Lock. Python's acquire(False)
+    // says False, and acquire(timeout=t) says False after t; blocking for
+    // ever would be a deadlock, so that one is an error.
+    if (!timeout)
+      throw ValueError("mproc::Lock: the calling thread already holds this lock; acquiring it again without "
+                       "a timeout would deadlock (an RLock may be re-entered)");
+    if (timeout->count() > 0) {
+      timespec abs = monotonic_after(*timeout);
+      while (::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &abs, nullptr) == EINTR) {
+      }
+    }
+    return false;
+  }
+  if (rc != 0) throw OSError(rc, "pthread_mutex_lock");
   if (st_->depth == 0) {
     st_->died = died ? 1 : 0;
     st_->owner_tid.store(my_tid(), std::memory_order_relaxed);
@@ -131,7 +146,11 @@ void SharedMutex::release() const {
   if (!held_by_caller()) throw Error("mproc: release of a lock that the calling thread does not hold");
   if (--st_->depth == 0) st_->owner_tid.store(0, std::memory_order_relaxed);
   int rc = ::pthread_mutex_unlock(&st_->m);
-  if (rc != 0) throw std::system_error(rc, std::generic_category(), "pthread_mutex_unlock");
+  if (rc != 0) throw OSError(rc, "pthread_mutex_unlock");
+}
+
+bool SharedMutex::locked() const {
+  return st_ && st_->owner_tid.load(std::memory_order_relaxed) != 0;
 }
 
 bool SharedMutex::owner_died() const { return held_by_caller() && st_->died != 0; }
@@ -281,13 +300,25 @@ struct Barrier::State {
   std::uint32_t count;                // arrived in this generation
   std::atomic<std::uint32_t> word;    // generation << 1 | broken
   std::uint32_t reset_gen;            // 1 + the generation that reset() broke (0: none)
+  std::int64_t timeout_ns;            // wait()'s default; -1: forever
+  FunctionRef action;                 // empty: none
 };
+static_assert(std::is_trivially_copyable_v<FunctionRef>, "Barrier keeps its action in shared memory");
 
-Barrier::Barrier(unsigned parties) : mem_(detail::kMutexStateSize + sizeof(State)) {
-  if (parties == 0) throw std::invalid_argument("mproc::Barrier: parties must be at least 1");
+Barrier::Barrier(unsigned parties, void (*action)(), Timeout timeout)
+    : mem_(detail::kMutexStateSize + sizeof(State)) {
+  if (parties == 0) throw ValueError("mproc::Barrier: parties must be at least 1");
+  if (timeout && timeout->count() < 0) throw ValueError("mproc::Barrier: a negative timeout");
   m_ = detail::SharedMutex(mem_, 0, true, false);
   st_ = new (mem_.buf().data() + detail::kMutexStateSize) State{};
   st_->parties = parties;
+  st_->timeout_ns = timeout ? timeout->count() : -1;
+  if (action) st_->action = FunctionRef::of(action);
+}
+
+Timeout Barrier::timeout() const {
+  if (!st_ || st_->timeout_ns < 0) return std::nullopt;
+  return std::chrono::nanoseconds(st_->timeout_ns);
 }
 
 void Barrier::load(InputArchive& ar) {
@@ -298,6 +329,7 @@ void Barrier::load(InputArchive& ar) {
 
 unsigned Barrier::wait(Timeout timeout) const {
   if (!st_) throw Error("mproc::Barrier: wait on an empty barrier");
+  if (!timeout) timeout = this->timeout();
   const sys::Deadline deadline = sys::deadline_after(timeout);
   m_.acquire(std::nullopt);
   std::uint32_t w = st_->word.load();
@@ -308,6 +340,20 @@ unsigned Barrier::wait(Timeout timeout) const {
   const std::uint32_t gen = w >> 1;
   const unsigned index = st_->count++;
   if (st_->count == st_->parties) {
+    if (!st_->action.empty()) {
+      // Python runs the action in the last thread to arrive, before anyone is
+      // released; an exception from it breaks the barrier.
+      try {
+        FunctionRef action = st_->action;  // a copy: resolving reads it
+        action.get<void()>()();
+      } catch (...) {
+        st_->count = 0;
+        st_->word.store(w | 1);
+        m_.release();
+        sys::futex_wake(&st_->word, INT_MAX);
+        throw;
+      }
+    }
     st_->count = 0;
     st_->word.store((gen + 1) << 1);
     m_.release();

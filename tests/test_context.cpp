@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "mproc/context.hpp"
@@ -71,6 +72,43 @@ TEST(Context, ContextFixesTheMethod) {
   s.start();
   s.join();
   EXPECT_EQ(s.exitcode(), 5);
+}
+
+// Mirrors CPython's test_get_all_start_methods: the default comes first.
+TEST(Context, TestStartMethod_test_get_all_start_methods) {
+  for (StartMethod m : {StartMethod::spawn, StartMethod::fork, StartMethod::forkserver}) {
+    mproc::set_start_method(m);
+    const auto all = mproc::get_all_start_methods();
+    ASSERT_EQ(all.size(), 3u);
+    EXPECT_EQ(all.front(), m);
+    EXPECT_EQ(std::set<StartMethod>(all.begin(), all.end()).size(), 3u);
+  }
+}
+
+// A child's exit code says what it saw: 10 + its default start method, plus
+// 20 when it could start a spawn grandchild that exited 0.
+int method_code(StartMethod m) { return static_cast<int>(m); }
+void report_default_and_spawn_grandchild() {
+  int code = 10 + method_code(mproc::get_start_method());
+  try {
+    Process g(ProcessOptions{.start_method = StartMethod::spawn}, [] { ::_exit(0); });
+    g.start();
+    g.join();
+    if (g.exitcode() == 0) code += 20;
+  } catch (...) {
+  }
+  ::_exit(code);
+}
+
+// Mirrors CPython's test_set_get (the child of a context sees that context's
+// method) and the spawn-in-spawn case of test_nested_startmethod.
+TEST(Context, TestStartMethod_test_nested_startmethod) {
+  for (StartMethod m : {StartMethod::spawn, StartMethod::forkserver}) {
+    Process p(ProcessOptions{.start_method = m}, report_default_and_spawn_grandchild);
+    p.start();
+    ASSERT_TRUE(p.join(60s));
+    EXPECT_EQ(p.exitcode(), 30 + method_code(m)) << "started by " << mproc::to_string(m);
+  }
 }
 
 TEST(Context, SetStartMethodChangesTheDefault) {

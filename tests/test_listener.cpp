@@ -206,9 +206,9 @@ TEST(Address, ParseAndPrint) {
     EXPECT_EQ(Address::parse(text).to_string(), text);
   for (auto bad : {"", "tcp://", "tcp://1.2.3.4", "tcp://1.2.3.4:99999", "tcp://1.2.3.4:x", "udp://1.2.3.4:5",
                    "unix:", "tcp://[::1:80"})
-    EXPECT_THROW(Address::parse(bad), std::invalid_argument) << bad;
-  EXPECT_THROW(Listener(Address::tcp("localhost", 0), kKey), std::invalid_argument);
-  EXPECT_THROW(Listener(Address::unix_socket(std::string(200, 'x')), kKey), std::invalid_argument);
+    EXPECT_THROW(Address::parse(bad), mproc::ValueError) << bad;
+  EXPECT_THROW(Listener(Address::tcp("localhost", 0), kKey), mproc::ValueError);
+  EXPECT_THROW(Listener(Address::unix_socket(std::string(200, 'x')), kKey), mproc::ValueError);
 }
 
 TEST(Address, Serializes) {

@@ -246,23 +246,23 @@ TEST(Process, CapturingLambdaUnderSpawnIsAClearError) {
     try {
       p.start();
       FAIL() << "start() should refuse a capturing lambda under " << mproc::to_string(m);
-    } catch (const std::invalid_argument& e) {
+    } catch (const mproc::ValueError& e) {
       EXPECT_NE(std::string(e.what()).find("captureless lambda"), std::string::npos) << e.what();
     }
     EXPECT_EQ(p.pid(), 0);
   }
 }
 
-TEST(Process, MisuseIsALogicError) {
+TEST(Process, MisuseIsAValueError) {
   Process p(with(StartMethod::fork), return_normally);
-  EXPECT_THROW(p.join(), std::logic_error);
-  EXPECT_THROW(p.sentinel(), std::logic_error);
+  EXPECT_THROW(p.join(), mproc::ValueError);
+  EXPECT_THROW(p.sentinel(), mproc::ValueError);
   p.start();
-  EXPECT_THROW(p.start(), std::logic_error);
-  EXPECT_THROW(p.set_daemon(true), std::logic_error);
+  EXPECT_THROW(p.start(), mproc::ValueError);
+  EXPECT_THROW(p.set_daemon(true), mproc::ValueError);
   p.join();
   Process empty;
-  EXPECT_THROW(empty.start(), std::logic_error);
+  EXPECT_THROW(empty.start(), mproc::ValueError);
   std::error_code ec;
   empty.start(ec);
   EXPECT_TRUE(ec);
@@ -310,10 +310,38 @@ TEST(Process, ActiveChildrenListsLiveOnes) {
 TEST(Process, CloseRefusesARunningProcess) {
   Process p(with(StartMethod::fork), sleep_forever);
   p.start();
-  EXPECT_THROW(p.close(), std::logic_error);
+  EXPECT_THROW(p.close(), mproc::ValueError);
   p.kill();
   p.join();
   p.close();
+}
+
+// Python's _check_closed: after close() the handles are gone, and using them
+// is a ValueError naming the process; name and daemon still answer.
+TEST(Process, TestProcess_test_close) {
+  Process p(with(StartMethod::fork), return_normally);
+  p.set_name("closing-one");
+  p.start();
+  p.join();
+  p.close();
+  p.close();  // twice is fine, as in Python
+  auto closed = [](auto&& call) {
+    try {
+      call();
+    } catch (const mproc::ValueError& e) {
+      return std::string(e.what()).find("closing-one is closed") != std::string::npos;
+    }
+    return false;
+  };
+  EXPECT_TRUE(closed([&] { p.start(); }));
+  EXPECT_TRUE(closed([&] { p.join(); }));
+  EXPECT_TRUE(closed([&] { (void)p.is_alive(); }));
+  EXPECT_TRUE(closed([&] { (void)p.exitcode(); }));
+  EXPECT_TRUE(closed([&] { p.terminate(); }));
+  EXPECT_TRUE(closed([&] { p.kill(); }));
+  EXPECT_TRUE(closed([&] { (void)p.sentinel(); }));
+  EXPECT_TRUE(closed([&] { (void)p.exception(); }));
+  EXPECT_EQ(p.name(), "closing-one");
 }
 
 TEST(Process, IgnoredSigchldIsRefusedClearly) {
@@ -321,7 +349,7 @@ TEST(Process, IgnoredSigchldIsRefusedClearly) {
   ign.sa_handler = SIG_IGN;
   ::sigaction(SIGCHLD, &ign, &old);
   Process p(with(StartMethod::fork), return_normally);
-  EXPECT_THROW(p.start(), std::logic_error);
+  EXPECT_THROW(p.start(), mproc::ValueError);
   ::sigaction(SIGCHLD, &old, nullptr);
   EXPECT_EQ(p.pid(), 0);
 }

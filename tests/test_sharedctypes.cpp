@@ -95,8 +95,8 @@ TEST(Value, NonLockFreeTypeAndInitialValues) {
   Array<int> a{1, 2, 3};
   EXPECT_EQ(a.size(), 3u);
   EXPECT_EQ(a.load(2), 3);
-  EXPECT_THROW(a.load(3), std::out_of_range);
-  EXPECT_THROW(a.at(3), std::out_of_range);
+  EXPECT_THROW(a.load(3), mproc::IndexError);
+  EXPECT_THROW(a.at(3), mproc::IndexError);
   Array<int> empty(std::size_t{0});
   EXPECT_EQ(empty.size(), 0u);
 }

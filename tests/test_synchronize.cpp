@@ -5,6 +5,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -158,6 +164,48 @@ TEST_P(SyncByMethod, BarrierReleasesAllPartiesEachRoundWithUniqueIndices) {
   EXPECT_FALSE(b.broken());
 }
 
+// The action of a Barrier has no arguments (Python's has none either): it
+// finds its log by the test process's pid, which children of every start
+// method know as their parent's (the environment would not reach a
+// forkserver child).
+std::string action_log_of(pid_t test_pid) {
+  return (std::filesystem::temp_directory_path() / ("mproc-barrier-action-" + std::to_string(test_pid))).string();
+}
+std::size_t lines_in(const std::string& path) {
+  std::ifstream in(path);
+  std::size_t n = 0;
+  for (std::string line; std::getline(in, line);) ++n;
+  return n;
+}
+void log_action() {
+  const auto parent = mproc::parent_process();
+  const pid_t test_pid = parent && parent->name == "MainProcess" ? parent->pid : ::getpid();
+  std::ofstream(action_log_of(test_pid), std::ios::app) << ::getpid() << "\n";
+}
+void barrier_rounds_after_action(Barrier b, mproc::Array<int> ok, int rounds, std::string log) {
+  for (int r = 0; r < rounds; ++r) {
+    b.wait(60s);
+    // The action ran before anyone was released: its line of round r is there.
+    if (lines_in(log) >= static_cast<std::size_t>(r) + 1) ok.fetch_add(static_cast<std::size_t>(r), 1);
+  }
+}
+
+TEST_P(SyncByMethod, TestBarrier_test_action) {
+  constexpr int kRounds = 4;
+  const std::string log = action_log_of(::getpid());
+  std::remove(log.c_str());
+  Barrier b(3, log_action);
+  mproc::Array<int> ok(kRounds, 0);
+  std::vector<mproc::Process> kids;
+  for (int i = 0; i < 2; ++i) kids.emplace_back(with(GetParam()), barrier_rounds_after_action, b, ok, kRounds, log);
+  for (auto& k : kids) k.start();
+  barrier_rounds_after_action(b, ok, kRounds, log);
+  for (auto& k : kids) join_ok(k);
+  EXPECT_EQ(lines_in(log), static_cast<std::size_t>(kRounds)) << "the action runs exactly once per round";
+  for (int r = 0; r < kRounds; ++r) EXPECT_EQ(ok[r], 3) << "round " << r;
+  std::remove(log.c_str());
+}
+
 INSTANTIATE_TEST_SUITE_P(AllMethods, SyncByMethod, MPROC_ALL_METHODS);
 
 TEST(Lock, TimeoutsAndMisuse) {
@@ -178,9 +226,39 @@ TEST(Lock, TimeoutsAndMisuse) {
   release.set();
   join_ok(p);
   EXPECT_TRUE(ul.try_lock_for(60s));
-  EXPECT_THROW(lock.lock(), mproc::Error) << "re-acquiring a Lock must not deadlock silently";
+  EXPECT_THROW(lock.lock(), mproc::ValueError) << "re-acquiring a Lock must not deadlock silently";
   ul.unlock();
   EXPECT_THROW(lock.release(), mproc::Error) << "released an unlocked lock";
+}
+
+// Mirrors CPython _TestLock.test_lock. Python: the holder's lock.acquire(False) is False, acquire(timeout=t) is
+// False after t; locked() says whether anyone holds it.
+TEST(Lock, TestLock_test_lock) {
+  Lock lock;
+  EXPECT_FALSE(lock.locked());
+  ASSERT_TRUE(lock.acquire());
+  EXPECT_TRUE(lock.locked());
+  EXPECT_FALSE(lock.acquire(false));
+  EXPECT_FALSE(lock.try_lock());
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(lock.acquire(true, 30ms));
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 30ms) << "returned before its timeout";
+  EXPECT_THROW(lock.acquire(), mproc::ValueError) << "blocking for ever on oneself is refused, not a deadlock";
+  lock.release();
+  EXPECT_FALSE(lock.locked());
+  // Held by another process: locked() there too.
+  Event held, release;
+  mproc::Process p(with(StartMethod::fork), [&] {
+    std::scoped_lock g(lock);
+    held.set();
+    release.wait(60s);
+  });
+  p.start();
+  ASSERT_TRUE(held.wait(60s));
+  EXPECT_TRUE(lock.locked());
+  release.set();
+  join_ok(p);
+  EXPECT_FALSE(lock.locked());
 }
 
 TEST(RLock, ReentrantAndRecoversFromDeadHolder) {
@@ -286,6 +364,41 @@ TEST(Barrier, TimeoutBreaksItAndResetRepairsIt) {
   b.abort();
   ASSERT_TRUE(q.join(60s));
   EXPECT_EQ(q.exitcode(), 7);
+}
+
+void failing_action() { throw std::runtime_error("action failed"); }
+
+TEST(Barrier, TestBarrier_test_action_that_raises_breaks_it) {
+  Barrier b(2, failing_action);
+  mproc::Process q(with(StartMethod::fork), [&] {
+    try {
+      b.wait(60s);
+    } catch (const mproc::BrokenBarrierError&) {
+      ::_exit(7);
+    }
+  });
+  q.start();
+  ASSERT_TRUE(mproc::test::eventually([&] { return b.n_waiting() == 1; }, 60000));
+  try {
+    b.wait(60s);  // the last to arrive: it runs the action
+    ADD_FAILURE() << "the action's exception did not reach the party that ran it";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "action failed");
+  }
+  ASSERT_TRUE(q.join(60s));
+  EXPECT_EQ(q.exitcode(), 7) << "the other party must get BrokenBarrierError";
+  EXPECT_TRUE(b.broken());
+}
+
+TEST(Barrier, TestBarrier_test_default_timeout) {
+  Barrier b(2, nullptr, 20ms);
+  ASSERT_TRUE(b.timeout());
+  EXPECT_EQ(*b.timeout(), 20ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(b.wait(), mproc::BrokenBarrierError);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 20ms);
+  EXPECT_TRUE(b.broken());
+  EXPECT_THROW(Barrier(0), mproc::ValueError);
 }
 
 // ---- a holder that exits without releasing (issue 12 item 5) ----------------

@@ -31,6 +31,7 @@ bool initialized() noexcept;
 
 void set_start_method(StartMethod method);
 StartMethod get_start_method();
+// Every start method, the default (get_start_method()) first, as Python 3.14.
 std::vector<StartMethod> get_all_start_methods();
 
 namespace detail {

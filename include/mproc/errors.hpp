@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 
 namespace mproc {
 
@@ -12,6 +13,51 @@ namespace mproc {
 class Error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+};
+
+// ---- Python's built-in exceptions that mproc raises (docs/errors.md maps
+// every one to the Python exception it stands for) -------------------------
+
+// Python's ValueError: an argument with a wrong value (Barrier(0), an empty
+// socket path), or a call on an object in a state that forbids it (a closed
+// Process, a Pool that is not running, a Manager started twice).
+class ValueError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Python's LookupError and its two children.
+class LookupError : public Error {
+ public:
+  using Error::Error;
+};
+// An index outside a sequence (Array, a list proxy).
+class IndexError : public LookupError {
+ public:
+  using LookupError::LookupError;
+};
+// A key a mapping or set does not hold (a dict or set proxy).
+class KeyError : public LookupError {
+ public:
+  using LookupError::LookupError;
+};
+
+// Python's AttributeError: a Namespace proxy without that attribute.
+class AttributeError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Python's OSError: a system call failed. what() names the call and the
+// error; code() is the errno as a std::error_code.
+class OSError : public Error {
+ public:
+  OSError(int err, const std::string& call);
+  const std::error_code& code() const noexcept { return code_; }
+  int errno_value() const noexcept { return code_.value(); }
+
+ private:
+  std::error_code code_;
 };
 
 // An exception thrown in another process, carried back as (type name, message).

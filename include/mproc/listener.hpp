@@ -51,7 +51,7 @@ struct Address {
   static Address unix_socket(std::string path);
   static Address tcp(std::string host = "127.0.0.1", std::uint16_t port = 0);
   // "unix:/path", "unix:@name", "tcp://host:port", "tcp://[v6]:port"; throws
-  // std::invalid_argument on anything else.
+  // ValueError on anything else.
   static Address parse(std::string_view text);
   std::string to_string() const;
   bool operator==(const Address&) const = default;
@@ -71,7 +71,7 @@ class Listener {
  public:
   Listener();
   // Binds and listens. Throws std::system_error (EADDRINUSE, ...) or
-  // std::invalid_argument for a malformed address.
+  // ValueError for a malformed address.
   Listener(Address address, std::string authkey, int backlog = 128);
   // A private Unix socket (see above).
   explicit Listener(std::string authkey) : Listener(Address{}, std::move(authkey)) {}

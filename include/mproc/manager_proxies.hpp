@@ -72,10 +72,10 @@ class DictProxy : public detail::ProxyBase {
     auto v = get(key);
     return v ? std::move(*v) : fallback;
   }
-  // Python's d[key]: std::out_of_range when missing.
+  // Python's d[key]: KeyError when missing.
   V at(const K& key) const {
     auto v = get(key);
-    if (!v) throw std::out_of_range("mproc::DictProxy::at: key not found (KeyError)");
+    if (!v) throw KeyError("mproc::DictProxy::at: key not found");
     return std::move(*v);
   }
   bool contains(const K& key) const { return key_call("contains", key); }
@@ -167,7 +167,7 @@ class ListProxy : public detail::ProxyBase {
     detail::put_values(r, values);
     call(std::move(r));
   }
-  // std::out_of_range past either end (IndexError).
+  // IndexError past either end.
   T get(std::int64_t i) const {
     Bytes r = request("get");
     detail::put_index(r, i);
@@ -199,7 +199,7 @@ class ListProxy : public detail::ProxyBase {
     detail::wire::put_value(r, v);
     call(std::move(r));
   }
-  // The first equal element (by serialized bytes); std::out_of_range if none.
+  // The first equal element (by serialized bytes); ValueError if none (as Python).
   void remove(const T& v) const { value_call("remove", v); }
   std::size_t index(const T& v) const { return detail::reply_u64(value_call("index", v)); }
   std::size_t count(const T& v) const { return detail::reply_u64(value_call("count", v)); }
@@ -224,9 +224,9 @@ class SetProxy : public detail::ProxyBase {
   bool add(const T& v) const { return value_call("add", v); }
   // True when v was there.
   bool discard(const T& v) const { return value_call("discard", v); }
-  // std::out_of_range when v is not there (KeyError).
+  // KeyError when v is not there.
   void remove(const T& v) const {
-    if (!discard(v)) throw std::out_of_range("mproc::SetProxy::remove: element not found (KeyError)");
+    if (!discard(v)) throw KeyError("mproc::SetProxy::remove: element not found");
   }
   bool contains(const T& v) const { return value_call("contains", v); }
   std::size_t size() const { return detail::reply_u64(call(request("len"))); }
@@ -359,8 +359,8 @@ class BarrierProxy : public detail::ProxyBase {
 };
 
 // Python's Namespace: named values of any serializable types. get<T> checks
-// the type the value was set with (std::invalid_argument otherwise) and
-// throws std::out_of_range for a name never set (AttributeError).
+// the type the value was set with (ValueError otherwise) and
+// throws AttributeError for a name never set.
 class NamespaceProxy : public detail::ProxyBase {
  public:
   NamespaceProxy() = default;
@@ -382,7 +382,7 @@ class NamespaceProxy : public detail::ProxyBase {
     auto rd = res.reader();
     std::string_view type = rd.str();
     if (type != typeid(T).name())
-      throw std::invalid_argument("mproc::NamespaceProxy::get: '" + std::string(name) + "' holds a " +
+      throw ValueError("mproc::NamespaceProxy::get: '" + std::string(name) + "' holds a " +
                                   demangle(std::string(type).c_str()) + ", not a " + demangle(typeid(T).name()));
     return rd.template value<T>();
   }

@@ -25,7 +25,7 @@
 //   connection of the proxy's process-wide pool, so threads never wait for
 //   each other's blocking calls (Queue.get, Lock.acquire).
 // - Errors: a server-side failure comes back as the same exception where
-//   mproc has it (std::out_of_range for a missing key or index, Empty, Full,
+//   mproc has it (KeyError, IndexError, ValueError, AttributeError, Empty, Full,
 //   BrokenBarrierError, TimeoutError), else as RemoteError (unknown object or
 //   method, wrong argument types, ...). A dead server: ConnectionClosed.
 // - Objects live until the server ends, or until release(proxy).
@@ -215,10 +215,10 @@ class UserServant final : public Servant {
   void call(std::string_view method, wire::Reader& args, Bytes& out, CallContext&) override {
     auto it = table_->find(method);
     if (it == table_->end())
-      throw std::invalid_argument("mproc::Manager: " + sig + " has no method '" + std::string(method) + "'");
+      throw ValueError("mproc::Manager: " + sig + " has no method '" + std::string(method) + "'");
     std::string_view got = args.str();
     if (got != it->second.arg_sig)
-      throw std::invalid_argument("mproc::Manager: " + sig + "." + it->second.name + " takes (" +
+      throw ValueError("mproc::Manager: " + sig + "." + it->second.name + " takes (" +
                                   it->second.arg_desc + "), not (" + demangle_args(got) + ")");
     it->second.fn(obj_, args.rest(), out);  // one call at a time per object (the server holds its lock)
   }

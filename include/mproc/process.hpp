@@ -138,8 +138,8 @@ class Process {
   Process& operator=(Process&&) noexcept;
   ~Process();
 
-  // Starts the child. Throws std::logic_error if already started, and
-  // std::invalid_argument if the start method cannot carry the target.
+  // Starts the child. Throws ValueError if already started or closed, or if
+  // the start method cannot carry the target.
   void start();
   void start(std::error_code& ec) noexcept;
   // Waits for the end; join(timeout) tells whether it ended in time.
@@ -161,10 +161,13 @@ class Process {
   // The exception the target threw, once the process has ended.
   std::optional<RemoteError> exception();
   // Releases the process's resources; it must have ended (Python's close()).
+  // Afterwards start, join, is_alive, exitcode, terminate, kill, sentinel and
+  // exception throw ValueError, as Python's; name, daemon and pid still answer.
   void close();
 
  private:
   detail::ProcessState& state() const;
+  detail::ProcessState& open_state(const char* op) const;
   std::unique_ptr<detail::ProcessState> s_;
 };
 

@@ -169,7 +169,7 @@ class Array {
   // Plain access (take get_lock() around related updates).
   T& operator[](std::size_t i) const noexcept { return c_.cells()[i]; }
   T& at(std::size_t i) const {
-    if (i >= size()) throw std::out_of_range("mproc::Array index " + std::to_string(i) + " >= " + std::to_string(size()));
+    if (i >= size()) throw IndexError("mproc::Array index " + std::to_string(i) + " >= " + std::to_string(size()));
     return c_.cells()[i];
   }
   T load(std::size_t i) const { return c_.load_at(check(i)); }
@@ -186,7 +186,7 @@ class Array {
 
  private:
   std::size_t check(std::size_t i) const {
-    if (i >= size()) throw std::out_of_range("mproc::Array index " + std::to_string(i) + " >= " + std::to_string(size()));
+    if (i >= size()) throw IndexError("mproc::Array index " + std::to_string(i) + " >= " + std::to_string(size()));
     return i;
   }
   detail::SharedCells<T> c_;

@@ -9,8 +9,10 @@
 // - Lock / RLock are robust pthread mutexes (PTHREAD_PROCESS_SHARED +
 //   PTHREAD_MUTEX_ROBUST): when a holder dies, the next acquirer gets the
 //   lock and owner_died() tells it so. Nothing deadlocks on a dead holder.
-//   Unlike Python's Lock, only the holder may release (an error otherwise),
-//   and re-acquiring a Lock you hold throws instead of deadlocking.
+//   Unlike Python's Lock, only the holder may release (an error otherwise).
+//   A holder's acquire(false) or acquire(true, timeout) of its own Lock
+//   returns false (after the timeout), as Python's; a blocking acquire without
+//   timeout throws instead of deadlocking for ever.
 // - Waits (Semaphore, Event, Condition, Barrier) are raw futexes without
 //   FUTEX_PRIVATE_FLAG on the shared block, so wake-ups cross processes.
 // - Timeouts: nullopt waits forever; all are measured on CLOCK_MONOTONIC.
@@ -45,6 +47,7 @@ class SharedMutex {
   void release() const;
   bool owner_died() const;
   bool held_by_caller() const;
+  bool locked() const;
   bool valid() const noexcept { return st_ != nullptr; }
   // For Condition: drop every level of a recursive hold / take them back.
   unsigned release_all() const;
@@ -88,6 +91,9 @@ class LockBase {
   // True when the caller holds the lock and took it over from a holder that
   // died holding it (what it protected may be half-updated).
   bool owner_died() const { return m_.owner_died(); }
+  // Whether some thread of some process holds it now (a snapshot; a holder
+  // that died counts until the next acquire takes the lock over).
+  bool locked() const { return m_.locked(); }
 
   void save(OutputArchive& ar) const { ar(m_); }
   void load(InputArchive& ar) { ar(m_); }
@@ -202,14 +208,20 @@ class Condition : public detail::LockBase {
   State* st_ = nullptr;
 };
 
-// Python's Barrier(parties) (no action). wait() returns an index in
-// [0, parties), unique per generation; a timeout breaks the barrier, and every
-// waiter (then and later, until reset()) gets BrokenBarrierError.
+// Python's Barrier(parties, action, timeout). wait() returns an index in
+// [0, parties), unique per generation. The last party to arrive runs
+// `action` (a plain function or captureless lambda, named by FunctionRef so
+// that any process of the same binary can run it) before the others are
+// released; if it throws, the barrier breaks and that party gets the
+// exception. A timeout breaks the barrier, and every waiter (then and later,
+// until reset()) gets BrokenBarrierError. wait() without a timeout uses the
+// barrier's `timeout` (nullopt: forever).
 class Barrier {
  public:
   Barrier() = default;  // an empty handle, to receive one into
-  explicit Barrier(unsigned parties);
+  explicit Barrier(unsigned parties, void (*action)() = nullptr, Timeout timeout = std::nullopt);
   unsigned wait(Timeout timeout = std::nullopt) const;
+  Timeout timeout() const;  // the default of wait()
   void reset() const;
   void abort() const;
   unsigned parties() const;

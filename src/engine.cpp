@@ -237,6 +237,10 @@ struct Engine::Impl : Progress {
   // Throws ProtocolError for a record this worker had no business sending
   // (drain_ring makes it the worker's fault), before changing anything.
   void on_result(Worker& w, ResultMsg&& msg, Completions& done) {
+    if (msg.id == kStop) {  // a task broke its fds, its result out already: it stops, no task to blame
+      w.retiring = true;
+      return;
+    }
     if (msg.id == 0) {  // the initializer failed: no point respawning
       if (w.records != 0) throw ProtocolError("an initializer's failure after its results");
       ErrorInfo info = from_bytes<ErrorInfo>(msg.data);
@@ -252,6 +256,9 @@ struct Engine::Impl : Progress {
     const std::uint64_t id = msg.id;
     std::exception_ptr error;
     if (msg.too_large) error = std::make_exception_ptr(ResultTooLarge(id, msg.too_large, max_result()));
+    else if (msg.fault)  // this task broke the worker's fds (it stops next)
+      error = std::make_exception_ptr(
+          WorkerFault(id, w.pid, std::string(reinterpret_cast<const char*>(msg.data.data()), msg.data.size())));
     else if (!msg.ok) error = std::make_exception_ptr(to_remote_error(from_bytes<ErrorInfo>(msg.data)));
     ++w.records;
     if (msg.retiring) w.retiring = true;
@@ -363,6 +370,12 @@ struct Engine::Impl : Progress {
     drain_ring(w, done);  // what it finished before dying is delivered
     w.proc.join();
     const int code = w.proc.exitcode().value_or(-1);
+    // A death nothing explains (no task of its queue running by its ring, no
+    // record saying it stops, not killed by us) counts against the task at
+    // the front, which is blamed at the kMaxRequeues-th (engine_state.hpp).
+    // A death that blamed a task, or that the worker announced, counts
+    // against no other task.
+    bool unexplained = false;
     if (!w.doomed && !w.flight.empty()) {
       // The task it said it ran (if still unanswered) killed it, and those
       // before it ran too, though their results are lost: a worker runs its
@@ -371,8 +384,9 @@ struct Engine::Impl : Progress {
       auto end = std::find_if(w.flight.begin(), w.flight.end(),
                               [&](const InFlight& f) { return f.task.state->id == running; });
       if (end != w.flight.end()) ++end;
+      else if (w.retiring) end = w.flight.begin();  // it said it stops (recycled, or broken fds)
       else if (w.flight.front().task.requeues >= kMaxRequeues) end = w.flight.begin() + 1;
-      else end = w.flight.begin();
+      else end = w.flight.begin(), unexplained = true;
       for (auto it = w.flight.begin(); it != end; ++it) {
         const std::uint64_t id = it->task.state->id;
         settle(done, std::move(it->task.state), {}, std::make_exception_ptr(WorkerCrashed(id, w.pid, code)));
@@ -382,7 +396,7 @@ struct Engine::Impl : Progress {
     // What is left never started: back to the front of the queue, in order.
     for (auto it = w.flight.rbegin(); it != w.flight.rend(); ++it) {
       it->task.state->phase = TaskPhase::pending;
-      ++it->task.requeues;
+      if (unexplained && it == w.flight.rend() - 1) ++it->task.requeues;
       pending.push_front(std::move(it->task));
     }
     w.flight.clear();

@@ -238,9 +238,10 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
       try {
         wait_for_task(conn, fds, checks);
         for (auto& t : conn.recv<TaskBatch>().tasks) queue.push_back(std::move(t));
-      } catch (const Error& e) {
-        // EOF or an error where the tasks come from: the pool is gone, or a
-        // task (whose result went out) broke the socket.
+      } catch (const std::exception& e) {
+        // EOF or an error (EBADF: std::system_error) where the tasks come
+        // from: the pool is gone, or a task (whose result went out) broke
+        // the socket.
         if (std::string damage = fds.damage(); !damage.empty())
           stop_damaged(ring, fds, checks, 0, damage, out);
         if (dynamic_cast<const ConnectionClosed*>(&e)) return;  // the pool is gone
@@ -266,27 +267,34 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
                       (config.max_memory && resident_bytes() > config.max_memory);
     // Did this task break us? Asked before its result goes out (see OwnFds).
     const bool verified = checks.due(ring);
+    std::string damage;
     if (verified) {
-      if (std::string damage = fds.damage(); !damage.empty())
-        stop_damaged(ring, fds, checks, checks.unchecked == 0 ? task.id : 0, damage, out);
-      checks.passed();
+      damage = fds.damage();
+      if (damage.empty()) checks.passed();
+      else if (checks.unchecked == 0) stop_damaged(ring, fds, checks, task.id, damage, out);
+      // Else other results went out unchecked since the last check: this one
+      // is no more suspect than they are, and its result stands as theirs
+      // do (a task never runs twice). We stop after it.
+      else result.retiring = true;
     }
     Delivered sent = Delivered::whole;
     try {
-      sent = deliver(ring, fds, verified, result, config.max_result, out);
+      sent = deliver(ring, fds, verified && damage.empty(), result, config.max_result, out);
     } catch (const Error&) {
       ring.set_running(task.id);  // the task may have scribbled it too: this one broke us
       throw;
     }
-    if (!verified) checks.went_out_unchecked(task.id);
-    if (sent == Delivered::in_part) {
-      ring.set_running(task.id);  // half a result: this one cannot be told apart from a crash
-      throw ProtocolError(fmt::format("pool worker: {}; a result was cut", fds.damage()));
+    if (!verified || !damage.empty()) checks.went_out_unchecked(task.id);
+    // Unless the fds were found intact after this task, an earlier unchecked
+    // task (or this one) may have broken the doorbell: then the engine may
+    // sleep beside our result, and we stop.
+    if (sent == Delivered::in_part) {  // half a result: told apart from a crash by nothing; it is blamed
+      ring.set_running(task.id);
+      throw ProtocolError(fmt::format("pool worker: {}; the result of task {} was cut", fds.damage(), task.id));
     }
-    if (sent == Delivered::not_at_all) {
-      // Its result never went out: rerun elsewhere, unless it is the culprit.
-      stop_damaged(ring, fds, checks, 0, fds.damage(), out);
-    }
+    // not_at_all: its result never went out, it runs again elsewhere.
+    if (sent != Delivered::whole || !damage.empty())
+      stop_damaged(ring, fds, checks, 0, damage.empty() ? fds.damage() : damage, out);
     if (result.retiring) return;
   }
 }

@@ -403,6 +403,34 @@ struct Engine::Impl : Progress {
     replace(slot);
   }
 
+  // A fresh worker's first task: its deadline counts from when it runs, not
+  // from when it was sent: the worker's start-up (and initializer) is not the
+  // task's time, and takes seconds on a loaded machine. Until the worker's
+  // ring says it runs it, its deadline is pushed back by `look` at a time;
+  // once it runs, it counts from the last look that found it not running (at
+  // most `look`, 1% of the limit, early). `deadline != started + limit` marks
+  // a pushed-back deadline. Never past kMaxStartup after it was sent: a ring
+  // is the worker's word, and a task may have scribbled it.
+  bool first_task_not_started(Worker& w, std::chrono::nanoseconds limit, Clock::time_point now) {
+    constexpr auto kMaxStartup = std::chrono::seconds(60);
+    auto& head = w.flight.front();
+    if (w.records != 0 || w.untrusted) return false;
+    const auto look = std::clamp<std::chrono::nanoseconds>(limit / 100, std::chrono::microseconds(100),
+                                                           std::chrono::milliseconds(10));
+    const bool pushed_back = head.deadline != head.started + limit;
+    if (w.ring.running() != head.task.state->id) {
+      if (now - head.started > kMaxStartup) return false;
+      head.deadline = now + look;
+      timer_dirty = true;
+      return true;
+    }
+    if (!pushed_back) return false;
+    head.started = now - look;  // it runs now: its clock starts at the last look
+    head.deadline = head.started + limit;
+    timer_dirty = true;
+    return head.deadline > now;
+  }
+
   void on_timer(Completions& done) {
     std::uint64_t ticks;
     (void)::read(timer.get(), &ticks, sizeof ticks);
@@ -412,6 +440,7 @@ struct Engine::Impl : Progress {
       drain_ring(*w, done);  // a result that raced its deadline is delivered, not lost
       if (w->doomed || w->flight.empty() || w->flight.front().deadline > now) continue;
       const auto limit = *w->flight.front().task.limit;
+      if (first_task_not_started(*w, limit, now)) continue;
       const pid_t pid = w->pid;
       doom(*w, 1, [&](std::uint64_t id) { return std::make_exception_ptr(TaskTimeout(id, pid, limit)); }, done);
     }

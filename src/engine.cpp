@@ -197,6 +197,10 @@ struct Engine::Impl : Progress, pool::Transport {
   // (drain_ring makes it the worker's fault), before changing anything.
   void on_result(std::size_t slot, ResultMsg&& msg, Completions& done) {
     Worker& w = *workers[slot];
+    if (msg.id == kStop) {  // a task broke its fds, its result out already: it stops, no task to blame
+      sched.worker_retiring(slot);
+      return;
+    }
     if (msg.id == 0) {  // the initializer failed: no point respawning
       if (w.records != 0) throw ProtocolError("an initializer's failure after its results");
       ErrorInfo info = from_bytes<ErrorInfo>(msg.data);
@@ -213,6 +217,9 @@ struct Engine::Impl : Progress, pool::Transport {
     const std::uint64_t id = msg.id;
     std::exception_ptr error;
     if (msg.too_large) error = std::make_exception_ptr(ResultTooLarge(id, msg.too_large, max_result()));
+    else if (msg.fault)  // this task broke the worker's fds (it stops next)
+      error = std::make_exception_ptr(
+          WorkerFault(id, w.pid, std::string(reinterpret_cast<const char*>(msg.data.data()), msg.data.size())));
     else if (!msg.ok) error = std::make_exception_ptr(to_remote_error(from_bytes<ErrorInfo>(msg.data)));
     ++w.records;
     if (msg.retiring) sched.worker_retiring(slot);
@@ -319,15 +326,43 @@ struct Engine::Impl : Progress, pool::Transport {
     return head && sched.phase(slot) != WorkerPhase::doomed && head->deadline <= now;
   }
 
+  // A fresh worker's first task: its deadline counts from when it runs, not
+  // from when it was sent: the worker's start-up (and initializer) is not the
+  // task's time, and takes seconds on a loaded machine. Until the worker's
+  // ring says it runs it, its deadline is pushed back by `look` at a time;
+  // once it runs, it counts from the last look that found it not running (at
+  // most `look`, 1% of the limit, early). `deadline != started + limit` marks
+  // a pushed-back deadline. Never past kMaxStartup after it was sent: a ring
+  // is the worker's word, and a task may have scribbled it.
+  bool first_task_not_started(std::size_t slot, std::chrono::nanoseconds limit, Clock::time_point now) {
+    constexpr auto kMaxStartup = std::chrono::seconds(60);
+    Worker& w = *workers[slot];
+    const pool::InFlight& head = *sched.head(slot);
+    if (w.records != 0 || w.untrusted) return false;
+    const auto look = std::clamp<std::chrono::nanoseconds>(limit / 100, std::chrono::microseconds(100),
+                                                           std::chrono::milliseconds(10));
+    const bool pushed_back = head.deadline != head.started + limit;
+    if (w.ring.running() != head.task.state->id) {
+      if (now - head.started > kMaxStartup) return false;
+      sched.set_head_clock(slot, head.started, now + look);
+      return true;
+    }
+    if (!pushed_back) return false;
+    const auto started = now - look;  // it runs now: its clock starts at the last look
+    sched.set_head_clock(slot, started, started + limit);
+    return started + limit > now;
+  }
+
   void on_timer(Completions& done) {
     std::uint64_t ticks;
     (void)::read(timer.get(), &ticks, sizeof ticks);
     const auto now = Clock::now();
     for (std::size_t slot = 0; slot < workers.size(); ++slot) {
       if (!past_deadline(slot, now)) continue;
-      drain_ring(slot, done);
+      drain_ring(slot, done);  // a result that raced its deadline is delivered, not lost
       if (!past_deadline(slot, now)) continue;
       const auto limit = *sched.head(slot)->task.limit;
+      if (first_task_not_started(slot, limit, now)) continue;
       const pid_t pid = workers[slot]->pid;
       sched.doom_head(
           slot, [&](std::uint64_t id) { return std::make_exception_ptr(TaskTimeout(id, pid, limit)); }, done);

@@ -2,6 +2,8 @@
 // challenge-response of mproc/listener.hpp.
 #include "mproc/listener.hpp"
 
+#include "handshake.hpp"
+
 #include <arpa/inet.h>
 #include <fmt/format.h>
 #include <netinet/in.h>
@@ -458,6 +460,13 @@ void detail::authenticate_server(Connection& c, std::string_view authkey, std::c
     deliver_challenge(c, authkey, timeout);
     answer_challenge(c, authkey, timeout);
   });
+}
+
+void detail::authenticate_server_then(Connection& c, std::string_view authkey, std::chrono::nanoseconds timeout,
+                                      const std::function<bool()>& proven) {
+  deliver_challenge(c, authkey, timeout);
+  if (!proven()) throw AuthenticationError("the server refused this client after its handshake");
+  answer_challenge(c, authkey, timeout);
 }
 
 void detail::authenticate_client(Connection& c, std::string_view authkey, std::chrono::nanoseconds timeout) {

@@ -3,6 +3,8 @@
 // hold up another). See manager_server.hpp for the frames.
 #include "manager_server.hpp"
 
+#include "handshake.hpp"
+
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <poll.h>
@@ -290,24 +292,35 @@ void serve_authenticated(const std::shared_ptr<Server>& server, Clients& clients
 }
 
 // One connection's thread: handshake, then requests until it ends.
+//
+// The client leaves `pending` for `authenticated` as soon as it has proven
+// the key, before the server proves its own: from then on the client counts
+// itself connected. (Moved after the whole handshake, a flood of silent
+// peers could make the accept loop drop it in between: the owner's client
+// then lost its connection on its first request.) A failed handshake closes
+// the fd only under mu, after its entry left `pending`: closed earlier, its
+// number could be reused by the next accepted connection, whose entry this
+// thread would then erase (and that client, its handshake done, be cut off).
 void serve_client(const std::shared_ptr<Server>& server, const std::shared_ptr<Clients>& clients, Connection conn) {
   const int fd = conn.fileno();
-  bool ok = true;
+  bool admitted = false;  // in `authenticated`
   try {
-    authenticate_server(conn, server->config().authkey, server->config().handshake_deadline);
+    authenticate_server_then(conn, server->config().authkey, server->config().handshake_deadline, [&] {
+      std::lock_guard lk(clients->mu);
+      const bool still_pending = clients->pending.erase(fd) != 0;  // else dropped by the accept loop
+      if (!still_pending || clients->authenticated.size() >= server->config().max_connections) return false;
+      clients->authenticated.insert(fd);
+      return admitted = true;
+    });
   } catch (...) {
-    ok = false;  // wrong key, garbage or silence: nothing was read past the handshake
-  }
-  {
+    // Wrong key, garbage or silence: nothing was read past the handshake.
     std::lock_guard lk(clients->mu);
-    const bool still_pending = clients->pending.erase(fd) != 0;  // else dropped by the accept loop
-    if (!ok || !still_pending || clients->authenticated.size() >= server->config().max_connections) {
-      conn.close();
-      --clients->threads;
-      clients->cv.notify_all();
-      return;
-    }
-    clients->authenticated.insert(fd);
+    clients->pending.erase(fd);
+    if (admitted) clients->authenticated.erase(fd);
+    conn.close();
+    --clients->threads;
+    clients->cv.notify_all();
+    return;
   }
   serve_authenticated(server, *clients, conn);
   std::lock_guard lk(clients->mu);

@@ -2,18 +2,27 @@
 //
 //   engine → worker   TaskBatch{TaskMsg{id, call}...} on the socket
 //                     (id kStop: exit)
-//   worker → engine   ResultMsg{id, ok, retiring, too_large, data} in the
-//                     shared ResultRing only (large ones in chunks), and a
-//                     doorbell (eventfd) when the engine sleeps
+//   worker → engine   ResultMsg{id, ok, retiring, too_large, fault, data} in
+//                     the shared ResultRing only (large ones in chunks), and
+//                     a doorbell (eventfd) when the engine sleeps
 //                     id 0: the initializer failed (data = ErrorInfo); only
 //                       as a worker's first record
+//                     id kStop: the worker stops because a task broke its
+//                       fds after its result went out (`retiring` set): its
+//                       death is no task's fault
 //                     ok: data = the serialized result; else an ErrorInfo
 //                     too_large: the result was this many bytes, over the
 //                       pool's limit; data is empty
-//                     retiring: recycled after this task (max tasks / memory)
+//                     fault: this task broke the worker's fds (closed, dup2'd
+//                       over): it fails with WorkerFault, data = what it
+//                       broke (text); `retiring` is set
+//                     retiring: the worker exits after this record (max
+//                       tasks / memory, or broken fds)
 // The worker shuts its socket for writing at start: a task that writes
 // garbage into the worker's fds cannot put a byte in front of the engine
-// (EPIPE or SIGPIPE, in the task that did it). A worker runs its tasks in the
+// (write() gets EPIPE and raises SIGPIPE in the task that did it, whose
+// worker dies of it while it runs: that task is blamed). A task that closes
+// or replaces the worker's fds is found by the worker (worker.cpp, OwnFds). A worker runs its tasks in the
 // order sent, and says in the ring which one it runs: when it dies, that one
 // is blamed; the others never started.
 #pragma once
@@ -64,10 +73,11 @@ struct ResultMsg {
   bool ok = false;
   bool retiring = false;
   std::uint64_t too_large = 0;
+  bool fault = false;
   Bytes data;
   template <class A>
   void serialize(A& ar) {
-    ar(id, ok, retiring, too_large, data);
+    ar(id, ok, retiring, too_large, fault, data);
   }
 };
 

@@ -222,5 +222,6 @@ inline void init_record_pid(std::string dir) {
   out << "init\n";
 }
 inline void init_throws(std::string msg) { throw std::runtime_error(msg); }
+inline void init_sleep_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
 
 }  // namespace pooltest

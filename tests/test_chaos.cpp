@@ -14,10 +14,8 @@
 // machine's timing is not replayed). MPROC_CHAOS_SECONDS=S runs rounds for S
 // seconds instead of the short run that `make test` does.
 //
-// Fault classes: MPROC_CHAOS_FAULTS=all (or a comma list of class names)
-// overrides the default set. The classes in kPendingEngineFixes fail on the
-// engine as of this commit (issue 11, item 2 fixes them); they run in the
-// DISABLED_ tests below, or with MPROC_CHAOS_FAULTS, until then.
+// Fault classes: every class by default; MPROC_CHAOS_FAULTS=kill,garbage (a
+// comma list of class names: plain tasks are always in the mix) narrows it.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -123,16 +121,6 @@ constexpr KindInfo kKinds[] = {
 };
 const KindInfo& info(Kind k) { return kKinds[static_cast<int>(k)]; }
 
-// Classes that fail on the engine as of this commit (issue 11, item 2):
-//   runaway        a per-submit deadline is not enforced on a task that waited
-//                  behind others (it runs to its end, a minute later);
-//   near_deadline  a result racing its deadline can leave a future unsettled;
-//   close_fds, dup2_fds, garbage
-//                  a task that breaks its worker's sockets gets another task
-//                  blamed, or turns a protocol error into the pool's.
-constexpr Kind kPendingEngineFixes[] = {Kind::runaway, Kind::near_deadline, Kind::close_fds, Kind::dup2_fds,
-                                        Kind::garbage};
-
 // A task's deadline is checked against the moment it started plus this: the
 // engine kills a worker past its deadline within milliseconds; a loaded
 // 2-core machine (ctest -j8) or a sanitizer build can delay that by seconds.
@@ -141,18 +129,9 @@ constexpr auto kDeadlineMargin = std::chrono::seconds(5);
 // work of about a second).
 constexpr auto kRoundGuard = std::chrono::seconds(60);
 
-std::vector<Kind> kinds_from(const char* spec, bool with_pending) {
+std::vector<Kind> kinds_from(const char* spec) {
   std::vector<Kind> out;
-  auto pending = [](Kind k) {
-    for (Kind p : kPendingEngineFixes)
-      if (p == k) return true;
-    return false;
-  };
-  if (spec == nullptr || std::string(spec).empty()) {
-    for (const auto& k : kKinds)
-      if (with_pending || !pending(k.kind)) out.push_back(k.kind);
-    return out;
-  }
+  if (spec == nullptr || std::string(spec).empty()) spec = "all";
   std::string s(spec);
   if (s == "all") {
     for (const auto& k : kKinds) out.push_back(k.kind);
@@ -436,12 +415,12 @@ std::uint64_t chaos_seed() {
   return std::random_device{}() * 0x100000001ULL ^ std::random_device{}();
 }
 
-void run_chaos(bool with_pending) {
+void run_chaos() {
   const std::uint64_t seed = chaos_seed();
   const char* secs = std::getenv("MPROC_CHAOS_SECONDS");
   const auto budget = std::chrono::seconds(secs ? std::atol(secs) : 0);
   const int min_rounds = secs ? 1 : 3;  // the short run: three rounds
-  const auto kinds = kinds_from(std::getenv("MPROC_CHAOS_FAULTS"), with_pending);
+  const auto kinds = kinds_from(std::getenv("MPROC_CHAOS_FAULTS"));
   std::string names;
   for (Kind k : kinds) names += std::string(names.empty() ? "" : ",") + info(k).name;
   std::printf("[chaos] seed=%llu (replay: MPROC_CHAOS_SEED=%llu) faults=%s\n", static_cast<unsigned long long>(seed),
@@ -462,10 +441,6 @@ void run_chaos(bool with_pending) {
   std::printf("[chaos] %d rounds in %.1f s\n", rounds, seconds_since(t0));
 }
 
-TEST(Chaos, FaultsAndPoolDestructionNeverLeaveAFutureOrAnInnocentBehind) { run_chaos(false); }
-
-// The classes of kPendingEngineFixes too: enable once issue 11 item 2 lands
-// (or run now with --gtest_also_run_disabled_tests).
-TEST(Chaos, DISABLED_PendingEngineFixes_DeadlinesFdsAndGarbage) { run_chaos(true); }
+TEST(Chaos, FaultsAndPoolDestructionNeverLeaveAFutureOrAnInnocentBehind) { run_chaos(); }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -104,6 +105,37 @@ inline int scribble_my_ring() {
     ++hits;
   }
   return hits;
+}
+
+// Runs 5 ms (longer than the worker's check interval, and long enough for a
+// waiter to stop spinning and the engine to sleep), then breaks its worker.
+inline int busy_then_close_my_fds() {
+  spin_us(5000);
+  return close_my_fds();
+}
+inline int busy_then_dup2_over_my_fds() {
+  spin_us(5000);
+  return dup2_over_my_fds();
+}
+inline int kill_me() {
+  ::raise(SIGKILL);
+  return 0;
+}
+
+// Writes a frame header claiming 2^62 bytes into the worker's task socket
+// only (the fd that is a socket), SIGPIPE left as it is.
+inline int garbage_into_my_socket() {
+  unsigned char junk[16];
+  const std::uint32_t magic = 0x4d505243;
+  const std::uint64_t huge = std::uint64_t{1} << 62;
+  std::memcpy(junk, &magic, 4);
+  std::memset(junk + 4, 0, 4);
+  std::memcpy(junk + 8, &huge, 8);
+  for (int fd : inherited_fds()) {
+    struct stat st {};
+    if (::fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) (void)!::write(fd, junk, sizeof junk);
+  }
+  return 7;
 }
 
 // ---- helpers --------------------------------------------------------------
@@ -331,4 +363,105 @@ TEST(EngineFaults, LargeResultsArriveWholeInChunks) {
     ASSERT_EQ(v.size(), static_cast<std::size_t>(300'000 + i));
     EXPECT_EQ(v.back(), 300'000 + i - 1);
   }
+}
+
+// A task that closes (or dup2s over) its worker's fds and returns: the
+// worker checks its socket, ring and doorbell after the task, before the
+// result goes out, and that task alone fails with WorkerFault naming it, its
+// worker and the fd; the worker stops and is replaced. (It used to succeed,
+// and its worker died later, blaming whichever task came next.) Every task
+// before it runs 1.5 ms, over the worker's check interval, so their results
+// went out checked and the damage can be pinned on the culprit alone (tiny
+// tasks' results go out unchecked: see src/worker.cpp, OwnFds).
+namespace {
+inline int busy_square(int x) {
+  spin_us(1500);
+  return x * x;
+}
+inline pid_t busy_pid() {
+  spin_us(1500);
+  return ::getpid();
+}
+
+void expect_fd_breaker_fails_alone(int (*culprit)(), const char* how) {
+  ProcessPoolExecutor ex(1);
+  auto worker_f = ex.submit(busy_pid);
+  std::vector<Future<int>> before, after;
+  for (int i = 0; i < 3; ++i) before.push_back(ex.submit(busy_square, i));
+  auto bad = ex.submit(culprit);
+  for (int i = 0; i < 20; ++i) after.push_back(ex.submit(square, i));
+  const pid_t worker = worker_f.get();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(before[static_cast<std::size_t>(i)].get(), i * i) << "before the culprit";
+  auto e = error_of<int, mproc::WorkerFault>(bad);
+  ASSERT_TRUE(e) << "the task that broke its worker's fds did not fail with WorkerFault";
+  EXPECT_EQ(e->task(), bad.id());
+  EXPECT_EQ(e->pid(), worker);
+  const std::string what = e->what();
+  EXPECT_NE(what.find("task socket (fd "), std::string::npos) << what;
+  EXPECT_NE(what.find(how), std::string::npos) << what;
+  for (int i = 0; i < 20; ++i) {
+    auto& f = after[static_cast<std::size_t>(i)];
+    ASSERT_TRUE(f.wait_for(60s)) << "an innocent task hangs";
+    try {
+      EXPECT_EQ(f.get(), i * i);
+    } catch (const std::exception& x) {
+      ADD_FAILURE() << "innocent task " << i << " behind the culprit failed: " << x.what();
+    }
+  }
+  EXPECT_NE(ex.submit(my_pid).get(), worker) << "the broken worker was kept";
+  expect_pool_serves(ex);
+}
+}  // namespace
+
+TEST(EngineFaults, TaskClosingItsWorkersFdsFailsAloneWithWorkerFault) {
+  expect_fd_breaker_fails_alone(busy_then_close_my_fds, "was closed");
+}
+
+TEST(EngineFaults, TaskDup2OverItsWorkersFdsFailsAloneWithWorkerFault) {
+  expect_fd_breaker_fails_alone(busy_then_dup2_over_my_fds, "replaced by another file");
+}
+
+// Tasks requeued behind crashing tasks: every crash blames the task that ran
+// (its ring says so), so it counts against none of those requeued. They
+// used to be charged a requeue per death, and once an fd-breaking task made
+// its worker die between tasks, the innocent task then at the front (with
+// three "requeues") was failed with WorkerCrashed.
+TEST(EngineFaults, InnocentTasksRequeuedBehindCrashesAreNeverBlamed) {
+  ProcessPoolExecutor ex(1);
+  for (int i = 0; i < 20; ++i) ex.submit(square, i).get();  // tiny tasks: they travel in batches
+  std::vector<Future<int>> kills, innocents;
+  for (int i = 0; i < 4; ++i) kills.push_back(ex.submit(kill_me));
+  auto breaker = ex.submit(busy_then_close_my_fds);
+  for (int i = 0; i < 20; ++i) innocents.push_back(ex.submit(square, i));
+  for (auto& k : kills) {
+    auto e = error_of<int, mproc::WorkerCrashed>(k);
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->task(), k.id());
+    EXPECT_EQ(e->signal(), SIGKILL);
+  }
+  EXPECT_TRUE(breaker.wait_for(60s)) << "the fd breaker hangs";
+  EXPECT_TRUE((error_of<int, mproc::WorkerFault>(breaker).has_value())) << "the fd breaker did not fail with WorkerFault";
+  for (int i = 0; i < 20; ++i) {
+    auto& f = innocents[static_cast<std::size_t>(i)];
+    ASSERT_TRUE(f.wait_for(60s)) << "an innocent task hangs";
+    try {
+      EXPECT_EQ(f.get(), i * i);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "innocent task " << i << " (id " << f.id() << ") failed: " << e.what();
+    }
+  }
+  expect_pool_serves(ex);
+}
+
+// Garbage (a frame header claiming 2^62 bytes) written into the worker's task
+// socket: the worker shut that socket for writing at start, so no byte
+// reaches the engine; write() raises SIGPIPE in the task that did it, whose
+// worker dies of it while it runs: that task alone fails.
+TEST(EngineFaults, GarbageIntoTheTaskSocketKillsOnlyTheTaskThatWroteIt) {
+  ProcessPoolExecutor ex(1);
+  auto bad = culprit_among_innocents(ex, garbage_into_my_socket);
+  auto e = error_of<int, mproc::WorkerCrashed>(bad);
+  ASSERT_TRUE(e) << "writing into a socket shut for writing did not end the task";
+  EXPECT_EQ(e->task(), bad.id());
+  EXPECT_EQ(e->signal(), SIGPIPE);
 }

@@ -83,6 +83,20 @@ TEST(PoolFaults, TaskTimeoutInPool) {
   EXPECT_EQ(pool.map(sleep_ms, std::vector<int>{1, 2, 3}), (std::vector<int>{1, 2, 3}));
 }
 
+// A task's deadline counts from when it runs: a worker's start-up (here a
+// 1.5 s initializer; on a loaded machine, a respawned worker's start) is not
+// the task's time. The task below used to fail with TaskTimeout after 1 s,
+// before it had started (TaskTimeoutInPool's map, on a respawned worker,
+// failed so under ctest -j8).
+TEST(PoolFaults, TaskTimeoutCountsFromTheStartNotFromTheWorkersStartUp) {
+  Pool pool(PoolOptions{.max_workers = 1, .initializer = mproc::call(init_sleep_ms, 1500), .task_timeout = 1s});
+  const auto t0 = Clock::now();
+  EXPECT_EQ(pool.apply_async(square, 3).get(), 9);
+  EXPECT_GE(seconds_since(t0), 1.0) << "the initializer did not run first";
+  // And a deadline is still enforced on a task that runs past it.
+  EXPECT_THROW(pool.apply_async(sleep_ms, 20000).get(), mproc::TaskTimeout);
+}
+
 TEST(PoolFaults, FailingInitializerFailsMapWithBrokenPool) {
   const auto t0 = Clock::now();
   {

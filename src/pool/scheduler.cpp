@@ -145,6 +145,12 @@ void Scheduler::doom_through(WorkerId worker, std::uint64_t running, const Error
 
 void Scheduler::worker_died(WorkerId worker, std::uint64_t running, const ErrorFor& crashed, Completions& done) {
   Slot& s = slots_[worker];
+  // A death nothing explains (no task of its flight running by its word, no
+  // record saying it stops, not killed by the engine) counts against the
+  // task at the front, which is blamed at the kMaxRequeues-th. A death that
+  // blamed a task, or that the worker announced (retiring: recycled, or a
+  // task broke its fds and was failed for it), counts against no other task.
+  bool unexplained = false;
   if (s.phase != WorkerPhase::doomed && !s.flight.empty()) {
     // The task it said it ran (if still unanswered) killed it, and those
     // before it ran too, though their results are lost: a worker runs its
@@ -152,8 +158,9 @@ void Scheduler::worker_died(WorkerId worker, std::uint64_t running, const ErrorF
     auto end = std::find_if(s.flight.begin(), s.flight.end(),
                             [&](const InFlight& f) { return running != 0 && f.task.state->id == running; });
     if (end != s.flight.end()) ++end;
+    else if (s.phase == WorkerPhase::retiring) end = s.flight.begin();
     else if (s.flight.front().task.requeues >= kMaxRequeues) end = s.flight.begin() + 1;
-    else end = s.flight.begin();
+    else end = s.flight.begin(), unexplained = true;
     for (auto it = s.flight.begin(); it != end; ++it) {
       const std::uint64_t id = it->task.state->id;
       settle(done, std::move(it->task.state), {}, crashed(id));
@@ -164,11 +171,19 @@ void Scheduler::worker_died(WorkerId worker, std::uint64_t running, const ErrorF
   // What is left never started: back to the front of the queue, in order.
   for (auto it = s.flight.rbegin(); it != s.flight.rend(); ++it) {
     it->task.state->phase = TaskPhase::pending;
-    ++it->task.requeues;
+    if (unexplained && it == s.flight.rend() - 1) ++it->task.requeues;
     queue_.push_front(std::move(it->task));
   }
   in_flight_ -= s.flight.size();
   s = Slot{};
+}
+
+void Scheduler::set_head_clock(WorkerId worker, Clock::time_point started, Clock::time_point deadline) {
+  auto& f = slots_[worker].flight;
+  if (f.empty()) return;
+  f.front().started = started;
+  f.front().deadline = deadline;
+  deadlines_changed_ = true;
 }
 
 Clock::time_point Scheduler::earliest_deadline() const {

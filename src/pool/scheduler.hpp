@@ -154,10 +154,15 @@ class Scheduler {
   void doom_head(WorkerId worker, const ErrorFor& error, Completions& done);
   void doom_through(WorkerId worker, std::uint64_t running, const ErrorFor& error, Completions& done);
   // It died (→ absent). Unless doomed, the task it said it ran (`running`,
-  // 0: none) and those before it fail with crashed(id); a head requeued
-  // kMaxRequeues times is blamed even when nothing ran. The rest never
-  // started: back to the front of the queue, in order.
+  // 0: none) and those before it fail with crashed(id); a head whose
+  // workers died unexplained kMaxRequeues times is blamed even when nothing
+  // ran (a retiring worker's death is explained: it said it stops). The
+  // rest never started: back to the front of the queue, in order.
   void worker_died(WorkerId worker, std::uint64_t running, const ErrorFor& crashed, Completions& done);
+
+  // The engine moves the running task's clock (a fresh worker's first task
+  // counts from when it really runs, not from its worker's start-up).
+  void set_head_clock(WorkerId worker, Clock::time_point started, Clock::time_point deadline);
 
   // ---- queries --------------------------------------------------------------
   WorkerPhase phase(WorkerId worker) const { return slots_[worker].phase; }

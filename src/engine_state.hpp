@@ -24,6 +24,7 @@
 #include "mproc/call.hpp"
 #include "mproc/connection.hpp"
 #include "mproc/futures.hpp"
+#include "task_state.hpp"
 #include "mproc/process.hpp"
 #include "result_ring.hpp"
 #include "sys/fd.hpp"

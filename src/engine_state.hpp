@@ -24,7 +24,6 @@
 #include "mproc/call.hpp"
 #include "mproc/connection.hpp"
 #include "mproc/futures.hpp"
-#include "task_state.hpp"
 #include "mproc/process.hpp"
 #include "result_ring.hpp"
 #include "sys/fd.hpp"

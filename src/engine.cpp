@@ -29,7 +29,7 @@
 // One worker's misbehaviour is that worker's death, never the pool's: a
 // malformed record, a result for a task it does not run, a result over the
 // limit make it `doomed` (killed; its running task fails with WorkerFault).
-#include "mproc/engine.hpp"
+#include "engine.hpp"
 
 #include <fmt/format.h>
 #include <signal.h>

@@ -1,5 +1,7 @@
 #include "mproc/futures.hpp"
 
+#include "task_state.hpp"
+
 #include <fmt/format.h>
 
 #include <csignal>
@@ -35,7 +37,7 @@ TaskTimeout::TaskTimeout(std::uint64_t task, pid_t pid, std::chrono::nanoseconds
 
 namespace detail {
 
-std::chrono::steady_clock::time_point deadline_after(Timeout timeout) {
+std::chrono::steady_clock::time_point deadline_after(std::optional<std::chrono::nanoseconds> timeout) {
   if (!timeout) return std::chrono::steady_clock::time_point::max();
   auto now = std::chrono::steady_clock::now();
   if (*timeout > std::chrono::steady_clock::time_point::max() - now) return std::chrono::steady_clock::time_point::max();
@@ -109,6 +111,43 @@ bool TaskState::wait_until(std::chrono::steady_clock::time_point deadline) {
 }
 
 void TaskState::wait() { wait_until(std::chrono::steady_clock::time_point::max()); }
+
+// ---- FutureCore: the templates' only way into a TaskState -----------------
+
+TaskState& FutureCore::state() const {
+  if (!s_) throw std::logic_error("mproc::Future: no state (default-constructed)");
+  return *s_;
+}
+
+std::uint64_t FutureCore::id() const { return state().id; }
+bool FutureCore::done() const { return state().finished(); }
+bool FutureCore::running() const { return state().phase.load() == TaskPhase::running; }
+bool FutureCore::cancelled() const { return state().phase.load() == TaskPhase::cancelled; }
+bool FutureCore::cancel() const { return state().cancel(); }
+void FutureCore::wait() const { state().wait(); }
+bool FutureCore::wait_until(std::chrono::steady_clock::time_point deadline) const {
+  return state().wait_until(deadline);
+}
+
+std::exception_ptr FutureCore::exception(std::chrono::steady_clock::time_point deadline) const {
+  auto& s = state();
+  if (!s.wait_until(deadline)) throw TimeoutError("Future::exception: timed out");
+  return error_if_done();
+}
+
+std::exception_ptr FutureCore::error_if_done() const {
+  auto& s = state();
+  const TaskPhase phase = s.phase.load(std::memory_order_acquire);
+  if (phase == TaskPhase::cancelled)
+    return std::make_exception_ptr(CancelledError("task " + std::to_string(s.id) + " was cancelled"));
+  if (phase != TaskPhase::done) return nullptr;
+  std::lock_guard lock(s.mu);
+  return s.error;
+}
+
+const Bytes& FutureCore::result_bytes() const { return state().result; }
+
+void FutureCore::add_callback(std::function<void()> cb) const { state().add_callback(std::move(cb)); }
 
 void CompletionQueue::push(std::size_t index) {
   {

@@ -19,6 +19,17 @@ using namespace pooltest;
 using mproc::Future;
 using mproc::ProcessPoolExecutor;
 
+// The boundary (docs/architecture.md): a file that includes only public
+// headers sees the task state and the engine as incomplete types and a
+// Future without a way to them, so no user code can depend on their layout.
+template <class T>
+concept CompleteType = requires { sizeof(T); };
+template <class F>
+concept ExposesState = requires(const F& f) { f.state(); };
+static_assert(!CompleteType<mproc::detail::TaskState>);
+static_assert(!CompleteType<mproc::detail::Engine>);
+static_assert(!ExposesState<Future<int>>);
+
 TEST(FuturesState, DefaultConstructedHasNoState) {
   Future<int> f;
   EXPECT_FALSE(f.valid());

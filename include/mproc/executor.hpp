@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "mproc/call.hpp"
-#include "mproc/engine.hpp"
+#include "mproc/detail/pool_core.hpp"
 #include "mproc/futures.hpp"
 
 namespace mproc {
@@ -71,7 +71,7 @@ std::vector<R> concat_chunks(std::vector<Future<std::vector<R>>>& chunks, std::c
 }
 
 // Submits fn over items in chunks; each future holds one chunk's results.
-// Any engine with submit_many(calls) serves (the local one, mpi's).
+// Any core with submit_many(calls) → FutureCores serves (PoolCore, mpi's).
 template <class F, class Item, bool Star, class Range, class AnyEngine>
 auto submit_chunks(AnyEngine& engine, const F& fn, const Range& items, std::size_t chunksize) {
   using R = stored_result_t<chunk_result_t<F, Item, Star>>;
@@ -86,7 +86,7 @@ auto submit_chunks(AnyEngine& engine, const F& fn, const Range& items, std::size
     for (; it != end && buf.size() < chunksize; ++it) buf.push_back(*it);
     calls.push_back(make_chunk_call<F, Item, Star>(fn, buf.begin(), buf.end()));
   }
-  for (auto& state : engine.submit_many(std::move(calls))) chunks.emplace_back(std::move(state));
+  for (auto& core : engine.submit_many(std::move(calls))) chunks.emplace_back(std::move(core));
   return chunks;
 }
 
@@ -141,7 +141,7 @@ class ProcessPoolExecutor {
   std::size_t respawns() const noexcept { return engine_.respawns(); }
 
  private:
-  detail::Engine engine_;
+  detail::PoolCore engine_;
 };
 
 }  // namespace mproc

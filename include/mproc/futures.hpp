@@ -4,7 +4,6 @@
 #pragma once
 #include <sys/types.h>
 
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -16,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "mproc/detail/future_core.hpp"
 #include "mproc/errors.hpp"
 #include "mproc/serialize.hpp"
 
@@ -91,65 +91,38 @@ class BrokenPool : public Error {
   using Error::Error;
 };
 
+template <class R>
+class Future;
+
 namespace detail {
-
-enum class TaskPhase : std::uint8_t { pending, running, done, cancelled };
-
-// Something a waiting thread can drive while it spins (the pool engine reads
-// results itself instead of waiting for its dispatcher to wake up).
-struct Progress {
-  virtual ~Progress() = default;
-  virtual void poll() = 0;
-  virtual void spin_begin() {}
-  virtual void spin_end() {}
-};
-
-// Shared by a Future and the engine.
-struct TaskState {
-  std::uint64_t id = 0;
-  std::atomic<TaskPhase> phase{TaskPhase::pending};
-  std::mutex mu;
-  std::condition_variable cv;
-  Bytes result;              // the serialized value, when done without error
-  std::exception_ptr error;  // RemoteError, WorkerCrashed, TaskTimeout, BrokenPool...
-  std::vector<std::function<void()>> callbacks;
-  std::weak_ptr<Progress> driver;
-
-  bool start_running();  // pending → running; false when cancelled
-  bool cancel();         // pending → cancelled
-  void finish(Bytes result, std::exception_ptr error);
-  void add_callback(std::function<void()> cb);
-  // Spins briefly (results of tiny tasks come back in microseconds), then sleeps.
-  bool wait_until(std::chrono::steady_clock::time_point deadline);
-  void wait();
-  bool finished() const noexcept {
-    auto p = phase.load(std::memory_order_acquire);
-    return p == TaskPhase::done || p == TaskPhase::cancelled;
+// How the library's templates (wait, as_completed, Pool) reach a Future's
+// type-erased core; not for users.
+struct FutureAccess {
+  template <class R>
+  static const FutureCore& core(const Future<R>& f) noexcept {
+    return f.core_;
   }
 };
-
-std::chrono::steady_clock::time_point deadline_after(Timeout timeout);
-
 }  // namespace detail
 
 template <class R>
 class Future {
  public:
   Future() = default;
-  explicit Future(std::shared_ptr<detail::TaskState> s) : s_(std::move(s)) {}
+  explicit Future(detail::FutureCore core) noexcept : core_(std::move(core)) {}
 
-  bool valid() const noexcept { return s_ != nullptr; }
-  std::uint64_t id() const { return state().id; }
-  bool done() const { return state().finished(); }
-  bool running() const { return state().phase.load() == detail::TaskPhase::running; }
-  bool cancelled() const { return state().phase.load() == detail::TaskPhase::cancelled; }
+  bool valid() const noexcept { return core_.valid(); }
+  std::uint64_t id() const { return core_.id(); }
+  bool done() const { return core_.done(); }
+  bool running() const { return core_.running(); }
+  bool cancelled() const { return core_.cancelled(); }
   // Succeeds only while the task has not started.
-  bool cancel() { return state().cancel(); }
+  bool cancel() { return core_.cancel(); }
 
-  void wait() const { state().wait(); }
+  void wait() const { core_.wait(); }
   template <class Rep, class Period>
   bool wait_for(std::chrono::duration<Rep, Period> d) const {
-    return state().wait_until(std::chrono::steady_clock::now() + d);
+    return core_.wait_until(std::chrono::steady_clock::now() + d);
   }
 
   // The value; rethrows the task's error (RemoteError, WorkerCrashed,
@@ -157,36 +130,25 @@ class Future {
   R get() const { return result(std::nullopt); }
   // As get(), or TimeoutError if not done within timeout.
   R result(Timeout timeout) const {
-    rethrow_if_failed(timeout);
-    if constexpr (!std::is_void_v<R>) return from_bytes<R>(state().result);
+    if (auto e = exception(timeout)) std::rethrow_exception(e);
+    if constexpr (!std::is_void_v<R>) return from_bytes<R>(core_.result_bytes());
   }
   // The task's error (null when it succeeded); TimeoutError if not done in time.
   std::exception_ptr exception(Timeout timeout = std::nullopt) const {
-    auto& s = state();
-    if (!s.wait_until(detail::deadline_after(timeout))) throw TimeoutError("Future::exception: timed out");
-    if (s.phase.load() == detail::TaskPhase::cancelled)
-      return std::make_exception_ptr(CancelledError("task " + std::to_string(s.id) + " was cancelled"));
-    std::lock_guard lock(s.mu);
-    return s.error;
+    return core_.exception(detail::deadline_after(timeout));
   }
   // Called with this future once it is done (at once if it already is), in
   // the thread that completed it.
   void add_done_callback(std::function<void(Future<R>)> fn) {
     Future<R> self = *this;
-    state().add_callback([self, fn = std::move(fn)] { fn(self); });
-  }
-  detail::TaskState& state() const {
-    if (!s_) throw std::logic_error("mproc::Future: no state (default-constructed)");
-    return *s_;
+    core_.add_callback([self, fn = std::move(fn)] { fn(self); });
   }
   // Copies of one future compare equal (as_completed hands back copies).
-  friend bool operator==(const Future& a, const Future& b) noexcept { return a.s_ == b.s_; }
+  friend bool operator==(const Future& a, const Future& b) noexcept { return a.core_ == b.core_; }
 
  private:
-  void rethrow_if_failed(Timeout timeout) const {
-    if (auto e = exception(timeout)) std::rethrow_exception(e);
-  }
-  std::shared_ptr<detail::TaskState> s_;
+  friend struct detail::FutureAccess;
+  detail::FutureCore core_;
 };
 
 enum class ReturnWhen { FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED };
@@ -219,7 +181,7 @@ template <class R>
 WaitResult<R> wait(const std::vector<Future<R>>& futures, ReturnWhen when = ALL_COMPLETED,
                    Timeout timeout = std::nullopt) {
   auto q = std::make_shared<detail::CompletionQueue>();
-  for (std::size_t i = 0; i < futures.size(); ++i) futures[i].state().add_callback([q, i] { q->push(i); });
+  for (std::size_t i = 0; i < futures.size(); ++i) detail::FutureAccess::core(futures[i]).add_callback([q, i] { q->push(i); });
   const auto deadline = detail::deadline_after(timeout);
   std::vector<bool> finished(futures.size());
   std::size_t count = 0;
@@ -244,7 +206,7 @@ class AsCompleted {
   AsCompleted(std::vector<Future<R>> futures, Timeout timeout)
       : futures_(std::move(futures)), q_(std::make_shared<detail::CompletionQueue>()),
         deadline_(detail::deadline_after(timeout)) {
-    for (std::size_t i = 0; i < futures_.size(); ++i) futures_[i].state().add_callback([q = q_, i] { q->push(i); });
+    for (std::size_t i = 0; i < futures_.size(); ++i) detail::FutureAccess::core(futures_[i]).add_callback([q = q_, i] { q->push(i); });
   }
   // The next finished future, or nullopt when all have been returned.
   std::optional<Future<R>> next() {

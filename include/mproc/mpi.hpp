@@ -82,7 +82,6 @@ bool launched_under_mpi() noexcept;
 
 namespace detail {
 using mproc::detail::Call;
-using mproc::detail::TaskState;
 
 // The per-process table of shared values (workers: received; rank 0: shared).
 std::shared_ptr<const void> shared_lookup(std::uint64_t id, const std::type_info& type,
@@ -92,15 +91,19 @@ std::shared_ptr<const void> decode_shared(const Bytes& bytes) {
   return std::make_shared<const T>(from_bytes<T>(bytes));
 }
 
-class Engine {
- public:
-  explicit Engine(const PoolOptions& options);
-  ~Engine();  // shutdown(true)
-  Engine(const Engine&) = delete;
-  Engine& operator=(const Engine&) = delete;
+class Engine;  // src/mpi/internal.hpp
 
-  std::shared_ptr<TaskState> submit(Call call);
-  std::vector<std::shared_ptr<TaskState>> submit_many(std::vector<Call> calls);
+// The type-erased face of rank 0's engine that PoolExecutor holds: calls go
+// in as bytes, futures come out as FutureCores; MPI stays in src/mpi/.
+class ExecutorCore {
+ public:
+  explicit ExecutorCore(const PoolOptions& options);
+  ~ExecutorCore();  // shutdown(true)
+  ExecutorCore(const ExecutorCore&) = delete;
+  ExecutorCore& operator=(const ExecutorCore&) = delete;
+
+  mproc::detail::FutureCore submit(Call call);
+  std::vector<mproc::detail::FutureCore> submit_many(std::vector<Call> calls);
   std::uint64_t share(Bytes bytes, std::shared_ptr<const void> local, const std::type_info& type);
   void release(std::uint64_t id);
   void shutdown(bool wait, bool cancel_pending);
@@ -111,8 +114,7 @@ class Engine {
   Stats stats() const;
 
  private:
-  struct Impl;
-  std::shared_ptr<Impl> impl_;
+  std::unique_ptr<Engine> engine_;
 };
 }  // namespace detail
 
@@ -207,7 +209,7 @@ class PoolExecutor {
   template <class T>
   static constexpr bool is_sendable_v = mproc::detail::is_sendable_v<T>;
   static PoolOptions from_local(const mproc::PoolOptions& o);
-  detail::Engine engine_;
+  detail::ExecutorCore engine_;
 };
 
 }  // namespace mproc::mpi

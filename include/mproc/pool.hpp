@@ -31,7 +31,7 @@ struct ValueCallback<void> {
 template <class R>
 class AsyncResult {
   struct Shared {
-    std::vector<std::shared_ptr<detail::TaskState>> parts;
+    std::vector<detail::FutureCore> parts;
     std::function<R()> value;  // decodes once all parts succeeded
     std::atomic<std::size_t> left{0};
     std::mutex mu;
@@ -40,21 +40,21 @@ class AsyncResult {
   };
 
  public:
-  AsyncResult(std::vector<std::shared_ptr<detail::TaskState>> parts, std::function<R()> value)
+  AsyncResult(std::vector<detail::FutureCore> parts, std::function<R()> value)
       : s_(std::make_shared<Shared>()) {
     s_->parts = std::move(parts);
     s_->value = std::move(value);
     s_->left = s_->parts.size();
     if (s_->parts.empty()) s_->ready = true;
     for (auto& p : s_->parts)
-      p->add_callback([s = std::weak_ptr<Shared>(s_)] {
+      p.add_callback([s = std::weak_ptr<Shared>(s_)] {
         if (auto sp = s.lock(); sp && --sp->left == 0) fire(*sp);
       });
   }
 
   bool ready() const {
     for (auto& p : s_->parts)
-      if (!p->finished()) return false;
+      if (!p.done()) return false;
     return true;
   }
   // Python raises ValueError when not ready: here std::logic_error.
@@ -65,7 +65,7 @@ class AsyncResult {
   bool wait(Timeout timeout = std::nullopt) const {
     const auto deadline = detail::deadline_after(timeout);
     for (auto& p : s_->parts)
-      if (!p->wait_until(deadline)) return false;
+      if (!p.wait_until(deadline)) return false;
     return true;
   }
   R get(Timeout timeout = std::nullopt) const {
@@ -108,12 +108,8 @@ class AsyncResult {
     for (auto& cb : cbs) cb();
   }
   std::exception_ptr first_error() const {
-    for (auto& p : s_->parts) {
-      if (p->phase.load() == detail::TaskPhase::cancelled)
-        return std::make_exception_ptr(CancelledError("task " + std::to_string(p->id) + " was cancelled"));
-      std::lock_guard lock(p->mu);
-      if (p->error) return p->error;
-    }
+    for (auto& p : s_->parts)
+      if (auto e = p.error_if_done()) return e;
     return nullptr;
   }
   std::shared_ptr<Shared> s_;
@@ -128,7 +124,7 @@ class IMap {
   using R = detail::stored_result_t<detail::chunk_result_t<F, Item, false>>;
 
  public:
-  IMap(detail::Engine& engine, F fn, Range items, std::size_t chunksize, std::size_t window)
+  IMap(detail::PoolCore& engine, F fn, Range items, std::size_t chunksize, std::size_t window)
       : engine_(&engine), fn_(std::move(fn)), items_(std::move(items)), it_(std::ranges::begin(items_)),
         chunksize_(std::max<std::size_t>(1, chunksize)), window_(std::max<std::size_t>(1, window)),
         done_(std::make_shared<detail::CompletionQueue>()) {}
@@ -189,12 +185,12 @@ class IMap {
       for (; it_ != std::ranges::end(items_) && buf.size() < chunksize_; ++it_) buf.push_back(*it_);
       Future<std::vector<R>> f(engine_->submit(detail::make_chunk_call<F, Item, false>(fn_, buf.begin(), buf.end())));
       const std::size_t index = next_index_++;
-      if constexpr (!Ordered) f.state().add_callback([q = done_, index] { q->push(index); });
+      if constexpr (!Ordered) detail::FutureAccess::core(f).add_callback([q = done_, index] { q->push(index); });
       inflight_.emplace_back(index, std::move(f));
     }
   }
 
-  detail::Engine* engine_;
+  detail::PoolCore* engine_;
   F fn_;
   Range items_;
   std::ranges::iterator_t<Range> it_;
@@ -251,9 +247,9 @@ class Pool {
   template <class F, class... A>
   auto apply_async(F&& fn, A&&... args) {
     using R = detail::call_result_t<std::decay_t<F>, std::decay_t<A>...>;
-    auto state = engine_.submit(detail::make_call<std::decay_t<F>, std::decay_t<A>...>(fn, args...));
-    return AsyncResult<R>({state}, [state]() -> R {
-      if constexpr (!std::is_void_v<R>) return from_bytes<R>(state->result);
+    auto core = engine_.submit(detail::make_call<std::decay_t<F>, std::decay_t<A>...>(fn, args...));
+    return AsyncResult<R>({core}, [core]() -> R {
+      if constexpr (!std::is_void_v<R>) return from_bytes<R>(core.result_bytes());
     });
   }
 
@@ -280,13 +276,14 @@ class Pool {
     using R = detail::stored_result_t<detail::chunk_result_t<F, Item, Star>>;
     if (chunksize == 0) chunksize = detail::default_chunksize(items, engine_.size());
     auto chunks = detail::submit_chunks<F, Item, Star>(engine_, fn, items, chunksize);
-    std::vector<std::shared_ptr<detail::TaskState>> parts;
-    for (auto& c : chunks) parts.push_back(std::shared_ptr<detail::TaskState>(&c.state(), [keep = c](auto*) {}));
+    std::vector<detail::FutureCore> parts;
+    parts.reserve(chunks.size());
+    for (auto& c : chunks) parts.push_back(detail::FutureAccess::core(c));
     return AsyncResult<std::vector<R>>(std::move(parts), [chunks]() mutable {
       return detail::concat_chunks(chunks, std::chrono::steady_clock::time_point::max());
     });
   }
-  detail::Engine engine_;
+  detail::PoolCore engine_;
 };
 
 }  // namespace mproc

@@ -1,5 +1,5 @@
-// Internal to mproc_mpi: the MPI runtime (init hook, worker loop, shared
-// values) and the wire protocol between rank 0 and the workers.
+// Internal to mproc_mpi: rank 0's engine, the MPI runtime (init hook, worker
+// loop, shared values) and the wire protocol between rank 0 and the workers.
 //
 // Every message is on a communicator of mproc's own (a dup of
 // MPI_COMM_WORLD, or the intercommunicator of MPI_Comm_spawn), so it never
@@ -22,8 +22,37 @@
 #include <string>
 
 #include "mproc/mpi.hpp"
+#include "task_state.hpp"
 
 namespace mproc::mpi::detail {
+
+using mproc::detail::TaskState;
+
+// Rank 0's engine (src/mpi/engine.cpp); mpi.hpp reaches it through
+// ExecutorCore (src/mpi/executor_core.cpp).
+class Engine {
+ public:
+  explicit Engine(const PoolOptions& options);
+  ~Engine();  // shutdown(true)
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  std::shared_ptr<TaskState> submit(Call call);
+  std::vector<std::shared_ptr<TaskState>> submit_many(std::vector<Call> calls);
+  std::uint64_t share(Bytes bytes, std::shared_ptr<const void> local, const std::type_info& type);
+  void release(std::uint64_t id);
+  void shutdown(bool wait, bool cancel_pending);
+
+  unsigned size() const noexcept;
+  std::vector<int> worker_ranks() const;
+  bool spawned() const noexcept;
+  Stats stats() const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
 
 enum Tag : int { kTask = 1, kResult, kOpen, kHello, kShare, kRelease, kClose, kClosed, kStop };
 inline constexpr std::size_t kResultHeader = 9;  // u64 id + u8 ok

@@ -59,6 +59,7 @@
 
 #include "mproc/call.hpp"
 #include "mproc/futures.hpp"
+#include "task_state.hpp"
 
 namespace mproc::detail::pool {
 

@@ -25,6 +25,12 @@ namespace {
 namespace mpi = mproc::mpi;
 using namespace std::chrono_literals;
 
+// Rank 0's engine stays in src/mpi/ (docs/architecture.md, the public boundary).
+template <class T>
+concept CompleteType = requires { sizeof(T); };
+static_assert(!CompleteType<mproc::mpi::detail::Engine>);
+static_assert(!CompleteType<mproc::detail::TaskState>);
+
 int add(int a, int b) { return a + b; }
 int square(int x) { return x * x; }
 std::string greet(std::string name) { return "hello " + name; }

@@ -1,5 +1,7 @@
-// The pool engine under Pool and ProcessPoolExecutor (see src/engine.cpp for
-// the data-flow picture). Internal: use pool.hpp / executor.hpp.
+// The type-erased face of the local pool engine (src/engine.hpp) that Pool
+// and ProcessPoolExecutor hold: calls go in as bytes (detail::Call), futures
+// come out as FutureCores. The engine, its workers and its progress
+// machinery stay in src/. Not part of the public API.
 #pragma once
 #include <sys/types.h>
 
@@ -11,7 +13,7 @@
 #include <vector>
 
 #include "mproc/call.hpp"
-#include "mproc/futures.hpp"
+#include "mproc/detail/future_core.hpp"
 #include "mproc/process.hpp"
 
 namespace mproc::detail {
@@ -27,20 +29,21 @@ struct EngineOptions {
   std::string name = "PoolWorker";
 };
 
-class Engine {
+class Engine;  // src/engine.hpp
+
+class PoolCore {
  public:
-  explicit Engine(EngineOptions options);
-  ~Engine();  // shutdown(wait = true)
-  Engine(const Engine&) = delete;
-  Engine& operator=(const Engine&) = delete;
+  explicit PoolCore(EngineOptions options);  // the workers are up when it returns
+  ~PoolCore();                               // shutdown(wait = true)
+  PoolCore(const PoolCore&) = delete;
+  PoolCore& operator=(const PoolCore&) = delete;
 
   // Thread-safe. Throws BrokenPool / Error once shut down.
-  std::shared_ptr<TaskState> submit(Call call, std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
+  FutureCore submit(Call call, std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
   // Many at once (map): one lock and one hand-out, so they travel in batches.
-  std::vector<std::shared_ptr<TaskState>> submit_many(std::vector<Call> calls,
-                                                      std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
+  std::vector<FutureCore> submit_many(std::vector<Call> calls,
+                                      std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
   // No new tasks; pending ones run (or are cancelled); workers then exit.
-  // wait: block until they have.
   void shutdown(bool wait, bool cancel_pending);
   // Kill the workers now; unfinished tasks fail with BrokenPool.
   void terminate();
@@ -52,8 +55,7 @@ class Engine {
   std::size_t respawns() const noexcept;   // workers replaced so far
 
  private:
-  struct Impl;
-  std::shared_ptr<Impl> impl_;  // futures hold it weakly, to drive progress
+  std::unique_ptr<Engine> engine_;
 };
 
 }  // namespace mproc::detail

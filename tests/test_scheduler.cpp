@@ -241,7 +241,29 @@ TEST(Scheduler, DeathBlamesTheRunningTaskAndThoseBeforeItAndRequeuesTheRestFirst
   h.sched.assign();
   ASSERT_EQ(h.transport.sends.size(), 1u);
   EXPECT_EQ(h.transport.sends[0].ids, (Ids{5, 7, 8}));
-  EXPECT_EQ(h.sched.flight(0).front().task.requeues, 1u);
+  // The death is explained (3 killed it): it counts against no other task.
+  EXPECT_EQ(h.sched.flight(0).front().task.requeues, 0u);
+}
+
+// A worker that said it stops (recycled, or a task broke its fds and was
+// failed for it) dies between tasks: nobody is blamed, however often.
+TEST(Scheduler, RetiringWorkersDeathBlamesNobodyAndCountsAgainstNoTask) {
+  Harness h(kAlwaysLong, 1);
+  h.submit();
+  for (unsigned death = 0; death < 2 * pool::kMaxRequeues; ++death) {
+    h.sched.assign();
+    ASSERT_EQ(h.sched.in_flight(), 1u);
+    h.sched.worker_retiring(0);
+    pool::Completions done;
+    h.sched.worker_died(0, /*running=*/0, crashed_by(1), done);
+    EXPECT_TRUE(done.empty()) << "death " << death;
+    ASSERT_EQ(h.sched.queued(), 1u);
+    h.sched.worker_up(0);
+  }
+  h.sched.assign();
+  EXPECT_EQ(h.sched.flight(0).front().task.requeues, 0u);
+  h.answer(0);
+  EXPECT_EQ(h.settled(), Ids{1});
 }
 
 TEST(Scheduler, DeathBetweenTasksBlamesNobodyUntilTheSameTaskHeadsTooOften) {

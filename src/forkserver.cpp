@@ -36,6 +36,7 @@
 
 #include "launch.hpp"
 #include "mproc/errors.hpp"
+#include "mproc/log.hpp"
 #include "runtime.hpp"
 #include "sys/pidfd.hpp"
 
@@ -224,8 +225,11 @@ std::pair<bool, std::uint64_t> send_request(std::span<const int> fds) {
 void restart_server(std::uint64_t generation) {
   std::lock_guard lock(g_mu);
   if (generation != g_generation) return;
+  const pid_t dead = g_server_pid.load();
   drop_server();
   start_server(!have_argv());
+  get_logger().warning("fork server pid " + std::to_string(dead) + " died; restarted as pid " +
+                       std::to_string(g_server_pid.load()));
 }
 }  // namespace
 

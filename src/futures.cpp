@@ -115,7 +115,7 @@ void TaskState::wait() { wait_until(std::chrono::steady_clock::time_point::max()
 // ---- FutureCore: the templates' only way into a TaskState -----------------
 
 TaskState& FutureCore::state() const {
-  if (!s_) throw std::logic_error("mproc::Future: no state (default-constructed)");
+  if (!s_) throw ValueError("mproc::Future: no state (default-constructed)");
   return *s_;
 }
 

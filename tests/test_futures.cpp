@@ -33,7 +33,7 @@ static_assert(!ExposesState<Future<int>>);
 TEST(FuturesState, DefaultConstructedHasNoState) {
   Future<int> f;
   EXPECT_FALSE(f.valid());
-  EXPECT_THROW((void)f.done(), std::logic_error);
+  EXPECT_THROW((void)f.done(), mproc::ValueError);
 }
 
 TEST(FuturesState, DoneRunningCancelledFollowTheTask) {

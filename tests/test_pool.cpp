@@ -111,7 +111,7 @@ TEST(PoolBasics, AsyncResultTimeoutsAndReadiness) {
   Pool pool(1);
   auto r = pool.apply_async(gated, dir.file("gate"));
   EXPECT_FALSE(r.ready());
-  EXPECT_THROW((void)r.successful(), std::logic_error);
+  EXPECT_THROW((void)r.successful(), mproc::ValueError);
   auto t0 = Clock::now();
   EXPECT_FALSE(r.wait(100ms));
   EXPECT_THROW(r.get(100ms), mproc::TimeoutError);
@@ -324,4 +324,25 @@ TEST(PoolLifecycle, DestructorTerminates) {
   ASSERT_TRUE(r.has_value());
   EXPECT_TRUE(r->ready());
   EXPECT_THROW(r->get(), mproc::BrokenPool);
+}
+
+// Mirrors CPython's _TestPool.test_make_pool: Pool(0) is a ValueError (as is
+// ProcessPoolExecutor(max_workers=0): test_max_workers_negative).
+TEST(PoolParity, TestPool_test_make_pool) {
+  EXPECT_THROW(Pool(0u), mproc::ValueError);
+  EXPECT_THROW(Pool(PoolOptions{.max_workers = 0}), mproc::ValueError);
+  EXPECT_THROW(mproc::ProcessPoolExecutor(0u), mproc::ValueError);
+  Pool p(PoolOptions{.max_workers = 1, .start_method = mproc::StartMethod::fork});
+  EXPECT_EQ(p.processes(), 1u);
+}
+
+// Python's Pool.join() before close()/terminate() raises ValueError instead
+// of waiting for ever; after close(), submitting is refused the same way.
+TEST(PoolParity, TestPool_test_join_requires_close_or_terminate) {
+  Pool p(PoolOptions{.max_workers = 1, .start_method = mproc::StartMethod::fork});
+  EXPECT_EQ(p.apply(square, 3), 9);
+  EXPECT_THROW(p.join(), mproc::ValueError);
+  p.close();
+  EXPECT_THROW(p.apply_async(square, 4), mproc::ValueError);
+  p.join();
 }

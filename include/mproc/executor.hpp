@@ -29,13 +29,18 @@ detail::Call call(F&& fn, A&&... args) {
 }
 
 struct PoolOptions {
-  unsigned max_workers = 0;              // 0: cpu_count()
+  std::optional<unsigned> max_workers = {};  // unset: cpu_count(); 0 is a ValueError, as Python's
   unsigned max_tasks_per_child = 0;      // recycle a worker after this many tasks
   std::size_t max_memory_per_child = 0;  // recycle a worker whose RSS passed this (bytes)
   std::optional<detail::Call> initializer = {};
   std::optional<std::chrono::nanoseconds> task_timeout = {};  // per task; submit can override
   std::optional<StartMethod> start_method = {};          // Python's mp_context
   std::size_t max_result_bytes = 0;  // a larger result fails its task (ResultTooLarge); 0: 1 GiB
+  // A task timeline (Chrome trace JSON, for ui.perfetto.dev or chrome://tracing):
+  // a lane per worker, a span per task, markers for crashes, timeouts and
+  // respawns. "%p" becomes the pid, "%n" the pool's number. Default: none,
+  // or $MPROC_TRACE when set.
+  std::optional<std::string> trace_file = {};
 };
 
 struct SubmitOptions {
@@ -45,12 +50,15 @@ struct SubmitOptions {
 namespace detail {
 inline EngineOptions engine_options(const PoolOptions& o, const char* name) {
   EngineOptions e;
-  e.workers = o.max_workers;
+  if (o.max_workers && *o.max_workers == 0)
+    throw ValueError("mproc: max_workers must be at least 1 (leave it unset for cpu_count())");
+  e.workers = o.max_workers.value_or(0);
   e.start_method = o.start_method;
   e.initializer = o.initializer;
   e.max_tasks_per_child = o.max_tasks_per_child;
   e.max_memory_per_child = o.max_memory_per_child;
   e.task_timeout = o.task_timeout;
+  e.trace_file = o.trace_file;
   e.max_result_bytes = o.max_result_bytes;
   e.name = name;
   return e;

@@ -316,7 +316,7 @@ class LockProxy : public detail::ProxyBase {
     detail::wire::put_timeout(r, timeout);
     return detail::reply_bool(call(std::move(r)));
   }
-  // std::logic_error (as a RemoteError) when not locked.
+  // ValueError when not locked.
   void release() const { call(request("release")); }
   bool locked() const { return detail::reply_bool(call(request("locked"))); }
   // Lockable, for std::lock_guard / std::unique_lock.

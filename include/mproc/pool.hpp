@@ -57,9 +57,9 @@ class AsyncResult {
       if (!p.done()) return false;
     return true;
   }
-  // Python raises ValueError when not ready: here std::logic_error.
+  // ValueError when not ready, as Python.
   bool successful() const {
-    if (!ready()) throw std::logic_error("AsyncResult::successful: not ready");
+    if (!ready()) throw ValueError("AsyncResult::successful: not ready");
     return first_error() == nullptr;
   }
   bool wait(Timeout timeout = std::nullopt) const {
@@ -254,11 +254,21 @@ class Pool {
   }
 
   // No more tasks; workers exit when the queued ones are done.
-  void close() { engine_.shutdown(false, false); }
+  void close() {
+    open_ = false;
+    engine_.shutdown(false, false);
+  }
   // Stop the workers now; unfinished tasks fail with BrokenPool.
-  void terminate() { engine_.terminate(); }
-  // Wait for the workers to exit (after close() or terminate()).
-  void join() { engine_.join(); }
+  void terminate() {
+    open_ = false;
+    engine_.terminate();
+  }
+  // Wait for the workers to exit. Before close() or terminate() it would
+  // wait for ever: ValueError, as Python's.
+  void join() {
+    if (open_) throw ValueError("mproc::Pool::join: the pool is still running; call close() or terminate() first");
+    engine_.join();
+  }
 
   unsigned processes() const noexcept { return engine_.size(); }
   std::vector<pid_t> worker_pids() const { return engine_.worker_pids(); }
@@ -284,6 +294,7 @@ class Pool {
     });
   }
   detail::PoolCore engine_;
+  std::atomic<bool> open_{true};  // close() or terminate() not called yet
 };
 
 }  // namespace mproc

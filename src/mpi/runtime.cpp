@@ -384,7 +384,8 @@ PoolOptions PoolExecutor::from_local(const mproc::PoolOptions& o) {
     throw Error(
         "mproc::mpi::PoolExecutor: max_tasks_per_child, max_memory_per_child and task_timeout need a local "
         "pool (a rank cannot be replaced under MPI); run a ProcessPoolExecutor inside the tasks for them");
-  return PoolOptions{.max_workers = o.max_workers, .initializer = o.initializer};
+  if (o.max_workers && *o.max_workers == 0) throw ValueError("mproc::mpi::PoolExecutor: max_workers must be at least 1");
+  return PoolOptions{.max_workers = o.max_workers.value_or(0), .initializer = o.initializer};
 }
 
 }  // namespace mproc::mpi

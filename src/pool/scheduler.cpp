@@ -83,6 +83,7 @@ void Scheduler::complete_head(WorkerId worker, Bytes result, std::exception_ptr 
     avg_task_us_ = avg_task_us_ < 0 ? us : 0.8 * avg_task_us_ + 0.2 * us;
     s.avg_us = s.avg_us < 0 ? us : 0.8 * s.avg_us + 0.2 * us;
   }
+  ended(worker, s.flight.front(), error ? "error" : "ok");
   auto task = std::move(s.flight.front().task.state);
   s.flight.pop_front();
   --in_flight_;
@@ -100,8 +101,12 @@ void Scheduler::cancel_queued(Completions& done) {
 void Scheduler::fail_all(const std::exception_ptr& error, Completions& done) {
   for (auto& p : queue_) settle(done, std::move(p.state), {}, error);
   queue_.clear();
-  for (auto& s : slots_) {
-    for (auto& f : s.flight) settle(done, std::move(f.task.state), {}, error);
+  for (WorkerId w = 0; w < slots_.size(); ++w) {
+    Slot& s = slots_[w];
+    for (auto& f : s.flight) {
+      ended(w, f, "failed");
+      settle(done, std::move(f.task.state), {}, error);
+    }
     s.flight.clear();
     s.queued_bytes = 0;
   }
@@ -119,10 +124,13 @@ void Scheduler::worker_retiring(WorkerId worker) {
   if (s.phase == WorkerPhase::live) s.phase = WorkerPhase::retiring;
 }
 
-void Scheduler::doom(Slot& s, std::size_t count, const ErrorFor& error, Completions& done) {
+void Scheduler::doom(WorkerId worker, std::size_t count, const ErrorFor& error, std::string_view outcome,
+                     Completions& done) {
+  Slot& s = slots_[worker];
   if (s.phase == WorkerPhase::doomed) return;
   s.phase = WorkerPhase::doomed;
   for (; count > 0 && !s.flight.empty(); --count) {
+    ended(worker, s.flight.front(), outcome);
     auto head = std::move(s.flight.front());
     s.flight.pop_front();
     --in_flight_;
@@ -132,7 +140,7 @@ void Scheduler::doom(Slot& s, std::size_t count, const ErrorFor& error, Completi
 }
 
 void Scheduler::doom_head(WorkerId worker, const ErrorFor& error, Completions& done) {
-  doom(slots_[worker], 1, error, done);
+  doom(worker, 1, error, "timed out", done);
 }
 
 void Scheduler::doom_through(WorkerId worker, std::uint64_t running, const ErrorFor& error, Completions& done) {
@@ -140,7 +148,7 @@ void Scheduler::doom_through(WorkerId worker, std::uint64_t running, const Error
   std::size_t count = 1;
   for (std::size_t i = 0; i < s.flight.size(); ++i)
     if (s.flight[i].task.state->id == running) count = i + 1;
-  doom(s, count, error, done);
+  doom(worker, count, error, "worker fault", done);
 }
 
 void Scheduler::worker_died(WorkerId worker, std::uint64_t running, const ErrorFor& crashed, Completions& done) {
@@ -163,6 +171,7 @@ void Scheduler::worker_died(WorkerId worker, std::uint64_t running, const ErrorF
     else end = s.flight.begin(), unexplained = true;
     for (auto it = s.flight.begin(); it != end; ++it) {
       const std::uint64_t id = it->task.state->id;
+      ended(worker, *it, "crashed");
       settle(done, std::move(it->task.state), {}, crashed(id));
     }
     in_flight_ -= static_cast<std::size_t>(end - s.flight.begin());

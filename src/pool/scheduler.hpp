@@ -55,6 +55,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <string_view>
 #include <vector>
 
 #include "mproc/call.hpp"
@@ -126,12 +127,23 @@ struct Transport {
   ~Transport() = default;
 };
 
+// Told of every task that leaves a worker's flight for a final state, with
+// the worker and how it ended ("ok", "error", "timed out", "worker fault",
+// "crashed", "failed"): the engine's log and trace. None by default (no cost).
+struct Observer {
+  virtual void task_ended(WorkerId worker, const InFlight& task, std::string_view outcome) = 0;
+
+ protected:
+  ~Observer() = default;
+};
+
 enum class WorkerPhase : std::uint8_t { absent, live, retiring, doomed };
 
 // Not thread-safe: the engine calls it under its mutex.
 class Scheduler {
  public:
   Scheduler(Transport& transport, DepthRule rule, std::size_t workers);
+  void set_observer(Observer* observer) { observer_ = observer; }
 
   // ---- tasks ----------------------------------------------------------------
   void enqueue(Pending task) { queue_.push_back(std::move(task)); }
@@ -200,12 +212,16 @@ class Scheduler {
 
   std::size_t depth(const Slot& s, std::size_t tiny) const;
   void arm_head(Slot& s);
-  void doom(Slot& s, std::size_t count, const ErrorFor& error, Completions& done);
+  void doom(WorkerId worker, std::size_t count, const ErrorFor& error, std::string_view outcome, Completions& done);
+  void ended(WorkerId worker, const InFlight& task, std::string_view outcome) {
+    if (observer_) observer_->task_ended(worker, task, outcome);
+  }
   // The one way a task reaches a final state.
   static void settle(Completions& done, std::shared_ptr<TaskState> state, Bytes result, std::exception_ptr error,
                      bool cancelled = false);
 
   Transport& transport_;
+  Observer* observer_ = nullptr;
   DepthRule rule_;
   std::deque<Pending> queue_;
   std::vector<Slot> slots_;

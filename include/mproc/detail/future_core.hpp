@@ -26,7 +26,7 @@ class FutureCore {
   FutureCore() noexcept = default;
   explicit FutureCore(std::shared_ptr<TaskState> state) noexcept : s_(std::move(state)) {}
 
-  // All but valid() throw std::logic_error on an empty handle.
+  // All but valid() throw ValueError on an empty handle.
   bool valid() const noexcept { return s_ != nullptr; }
   std::uint64_t id() const;
   bool done() const;  // finished or cancelled

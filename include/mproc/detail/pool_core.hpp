@@ -27,6 +27,7 @@ struct EngineOptions {
   std::optional<std::chrono::nanoseconds> task_timeout;
   std::size_t max_result_bytes = 0;              // 0: Connection::kDefaultMaxMessageSize
   std::string name = "PoolWorker";
+  std::optional<std::string> trace_file;         // PoolOptions::trace_file
 };
 
 class Engine;  // src/engine.hpp

@@ -407,15 +407,15 @@ struct Engine::Impl : Progress {
   // from when it was sent: the worker's start-up (and initializer) is not the
   // task's time, and takes seconds on a loaded machine. Until the worker's
   // ring says it runs it, its deadline is pushed back by `look` at a time;
-  // once it runs, it counts from the last look that found it not running (at
-  // most `look`, 1% of the limit, early). `deadline != started + limit` marks
-  // a pushed-back deadline. Never past kMaxStartup after it was sent: a ring
-  // is the worker's word, and a task may have scribbled it.
+  // once it runs, it counts from the look that found it running (late by at
+  // most `look`, never early). `deadline != started + limit` marks a
+  // pushed-back deadline. Never past kMaxStartup after it was sent: a ring is
+  // the worker's word, and a task may have scribbled it.
   bool first_task_not_started(Worker& w, std::chrono::nanoseconds limit, Clock::time_point now) {
     constexpr auto kMaxStartup = std::chrono::seconds(60);
     auto& head = w.flight.front();
     if (w.records != 0 || w.untrusted) return false;
-    const auto look = std::clamp<std::chrono::nanoseconds>(limit / 100, std::chrono::microseconds(100),
+    const auto look = std::clamp<std::chrono::nanoseconds>(limit / 10, std::chrono::milliseconds(1),
                                                            std::chrono::milliseconds(10));
     const bool pushed_back = head.deadline != head.started + limit;
     if (w.ring.running() != head.task.state->id) {
@@ -425,7 +425,7 @@ struct Engine::Impl : Progress {
       return true;
     }
     if (!pushed_back) return false;
-    head.started = now - look;  // it runs now: its clock starts at the last look
+    head.started = now;  // it runs: its clock starts now (it started at most `look` ago)
     head.deadline = head.started + limit;
     timer_dirty = true;
     return head.deadline > now;

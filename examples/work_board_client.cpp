@@ -32,6 +32,9 @@ int post(mproc::Manager& m, int n) {
   std::printf("[poster] posted %d tasks\n", n);
   std::fflush(stdout);
   while (board.size() < static_cast<std::size_t>(n)) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // The workers take their STOP after their last result: stopping the server
+  // before, a worker would find it gone (seen under load: exit 1).
+  while (!tasks.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   std::printf("[poster] the board:\n");
   for (const auto& [task, result] : board.items()) std::printf("           %-8s -> %s\n", task.c_str(), result.c_str());
   std::fflush(stdout);

@@ -183,7 +183,7 @@ bool Engine::Impl::first_task_not_started(std::size_t slot, std::chrono::nanosec
   Worker& w = *workers[slot];
   const pool::InFlight& head = *sched.head(slot);
   if (w.records != 0 || w.untrusted) return false;
-  const auto look = std::clamp<std::chrono::nanoseconds>(limit / 100, std::chrono::microseconds(100),
+  const auto look = std::clamp<std::chrono::nanoseconds>(limit / 10, std::chrono::milliseconds(1),
                                                          std::chrono::milliseconds(10));
   const bool pushed_back = head.deadline != head.started + limit;
   if (w.ring.running() != head.task.state->id) {
@@ -192,9 +192,8 @@ bool Engine::Impl::first_task_not_started(std::size_t slot, std::chrono::nanosec
     return true;
   }
   if (!pushed_back) return false;
-  const auto started = now - look;  // it runs now: its clock starts at the last look
-  sched.set_head_clock(slot, started, started + limit);
-  return started + limit > now;
+  sched.set_head_clock(slot, now, now + limit);  // it runs: its clock starts now (it started at most `look` ago)
+  return true;
 }
 
 void Engine::Impl::on_timer(Completions& done) {

@@ -153,10 +153,10 @@ struct Engine::Impl : Progress, pool::Transport {
   // from when it was sent: the worker's start-up (and initializer) is not the
   // task's time, and takes seconds on a loaded machine. Until the worker's
   // ring says it runs it, its deadline is pushed back by `look` at a time;
-  // once it runs, it counts from the last look that found it not running (at
-  // most `look`, 1% of the limit, early). `deadline != started + limit` marks
-  // a pushed-back deadline. Never past kMaxStartup after it was sent: a ring
-  // is the worker's word, and a task may have scribbled it.
+  // once it runs, it counts from the look that found it running (late by at
+  // most `look`, never early). `deadline != started + limit` marks a
+  // pushed-back deadline. Never past kMaxStartup after it was sent: a ring is
+  // the worker's word, and a task may have scribbled it.
   bool first_task_not_started(std::size_t slot, std::chrono::nanoseconds limit, Clock::time_point now);
 
   void on_timer(Completions& done);

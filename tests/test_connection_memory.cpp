@@ -209,9 +209,14 @@ TEST(ConnectionMemory, EightStalledLargeFramesCostUnderTwoMiB) {
   const MemoryReport r = stalled_receives_in_child(8, std::uint64_t{64} << 20);
   ASSERT_EQ(r.errors.size(), 8u);
   for (const auto& e : r.errors) EXPECT_EQ(e.rfind("TimeoutError: ", 0), 0u) << e;
-  if (r.peak_rss_growth_kb < 0) GTEST_SKIP() << "/proc/self/clear_refs is not writable here";
-  EXPECT_LT(r.peak_rss_growth_kb, 2048) << "peak RSS growth (KiB) for eight 64 MiB headers";
   EXPECT_LT(r.heap_held, 2 << 20);
+  if (r.peak_rss_growth_kb < 0) GTEST_SKIP() << "/proc/self/clear_refs is not writable here";
+#if defined(__SANITIZE_THREAD__)
+  // TSan's shadow memory and per-thread state count in RSS (5 MiB measured for
+  // these eight receiving threads): the bytes held (above) are the measure.
+  GTEST_SKIP() << "RSS under ThreadSanitizer is mostly the runtime's";
+#endif
+  EXPECT_LT(r.peak_rss_growth_kb, 2048) << "peak RSS growth (KiB) for eight 64 MiB headers";
   expect_fresh_connection_intact();
 }
 

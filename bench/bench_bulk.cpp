@@ -82,6 +82,41 @@ void BM_ConnectionSendBytes64MiB(benchmark::State& state, bool reuse) {
 BENCHMARK_CAPTURE(BM_ConnectionSendBytes64MiB, recv_into, true)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_ConnectionSendBytes64MiB, recv_bytes, false)->UseRealTime()->Unit(benchmark::kMillisecond);
 
+// The threshold's measurement: one message of range(0) bytes and a 1-byte
+// ack, through the stream (range(1) == 0) or shared memory (1); the child
+// receives into a reused buffer.
+void BM_ConnectionMessageBySize(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  const bool bulk = state.range(1) != 0;
+  try {
+    auto ends = mproc::Pipe(true);
+    mproc::Connection parent = std::move(ends.first), child = std::move(ends.second);
+    parent.set_bulk_threshold(bulk ? 1 : SIZE_MAX);
+    mproc::Process p(forked(), [&parent, &child, size] {
+      parent.close();
+      std::vector<std::byte> buf(size);
+      while (child.recv_bytes_into(buf) != 0) child.send_bytes("k");
+    });
+    p.start();
+    child.close();
+    std::vector<std::byte> data(size, std::byte{3});
+    for (auto _ : state) {
+      parent.send_bytes(data);
+      mproc::Bytes ack = parent.recv_bytes();
+      benchmark::DoNotOptimize(ack.data());
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(size));
+    parent.send_bytes(std::span<const std::byte>{});
+    p.join();
+  } catch (const std::exception& e) {
+    state.SkipWithError((std::string("exception: ") + e.what()).c_str());
+  }
+}
+BENCHMARK(BM_ConnectionMessageBySize)
+    ->ArgsProduct({{64 << 10, 128 << 10, 256 << 10, 1 << 20}, {0, 1}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
 // 1 producer (a forked child) -> 1 consumer (this process), 1 MiB
 // std::string messages through a Queue of at most 4 messages.
 void BM_Queue1MiB(benchmark::State& state) {

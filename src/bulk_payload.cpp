@@ -160,7 +160,7 @@ sys::UniqueFd take_header_fd(std::deque<ArrivedFd>& fds, std::uint64_t start, st
   return mine;
 }
 
-void verify_bulk_fd(int fd, std::uint64_t length) {
+VerifiedSlab verify_bulk_fd(int fd, std::uint64_t length) {
   struct stat st{};
   if (::fstat(fd, &st) != 0) sys::throw_errno("fstat(bulk payload fd)");
   if (!S_ISREG(st.st_mode))
@@ -189,10 +189,55 @@ void verify_bulk_fd(int fd, std::uint64_t length) {
   if (allocated < length)
     throw ProtocolError(fmt::format("recv: bulk frame announces {} bytes but its memfd has only {} bytes of "
                                     "memory allocated (a sparse file)", length, allocated));
+  return {st.st_dev, st.st_ino};
 }
 
-void read_bulk(int fd, std::byte* dst, std::size_t length) {
+SlabMaps::~SlabMaps() {
+  for (const Map& m : maps_) ::munmap(m.base, m.len);
+  if (oneshot_) ::munmap(oneshot_, oneshot_len_);
+}
+
+const std::byte* SlabMaps::payload(int fd, dev_t dev, ino_t ino, std::size_t length) {
+  if (oneshot_) {
+    ::munmap(oneshot_, oneshot_len_);
+    oneshot_ = nullptr;
+  }
+  const std::size_t need = (kSlabPayloadOffset + length + 4095) & ~std::size_t{4095};
+  for (auto it = maps_.begin(); it != maps_.end(); ++it) {
+    if (it->dev != dev || it->ino != ino) continue;
+    if (it->len >= need) {
+      std::rotate(it, it + 1, maps_.end());  // most recently used last
+      return maps_.back().base + kSlabPayloadOffset;
+    }
+    ::munmap(it->base, it->len);  // too short for this message: mapped again below
+    maps_.erase(it);
+    break;
+  }
+  // Only the pages this message needs (the sender allocated at least as
+  // many: verify_bulk_fd), populated in one go rather than faulted one by one.
+  void* p = ::mmap(nullptr, need, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+  if (p == MAP_FAILED) return nullptr;
+  auto* base = static_cast<std::byte*>(p);
+  if (need > kKeepCap) {
+    oneshot_ = base;
+    oneshot_len_ = need;
+    return base + kSlabPayloadOffset;
+  }
+  if (maps_.size() >= kMaxSlabs) {
+    ::munmap(maps_.front().base, maps_.front().len);
+    maps_.erase(maps_.begin());
+  }
+  maps_.push_back({dev, ino, base, need});
+  return base + kSlabPayloadOffset;
+}
+
+void read_bulk(BulkState& b, const VerifiedSlab& slab, std::byte* dst, std::size_t length) {
+  const int fd = b.frame_fd.get();
   std::size_t got = 0;
+  if (const std::byte* src = b.maps.payload(fd, slab.dev, slab.ino, length)) {
+    std::memcpy(dst, src, length);
+    got = length;
+  }
   while (got < length) {
     const ssize_t r = ::pread(fd, dst + got, length - got, static_cast<off_t>(kSlabPayloadOffset + got));
     if (r > 0) {

@@ -96,19 +96,50 @@ inline constexpr std::size_t kMaxArrivedFds = 8;
 // sent with anything but a bulk header is refused this way).
 sys::UniqueFd take_header_fd(std::deque<ArrivedFd>& fds, std::uint64_t start, std::uint64_t size);
 
+// The receiver's read-only mappings of its peer's slabs, by (device, inode):
+// a slab seen again is copied from without mapping or faulting anew. Safe
+// to map because the slab is sealed against shrinking (no SIGBUS); at most
+// kMaxMaps kept, none over 256 MiB.
+class SlabMaps {
+ public:
+  SlabMaps() = default;
+  SlabMaps(const SlabMaps&) = delete;
+  SlabMaps& operator=(const SlabMaps&) = delete;
+  ~SlabMaps();
+  // The payload of `length` bytes of the verified slab fd (dev, ino), or
+  // nullptr when it cannot be mapped (the caller then preads).
+  const std::byte* payload(int fd, dev_t dev, ino_t ino, std::size_t length);
+
+ private:
+  struct Map {
+    dev_t dev;
+    ino_t ino;
+    std::byte* base;
+    std::size_t len;
+  };
+  std::vector<Map> maps_;  // most recently used last
+  std::byte* oneshot_ = nullptr;  // a mapping too large to keep: unmapped on the next call
+  std::size_t oneshot_len_ = 0;
+};
+
 // A Connection's bulk side: its slabs, the fds read and not yet matched to
-// a header, and the fd of the pending bulk frame.
+// a header, the fd of the pending bulk frame, the peer's slabs mapped.
 struct BulkState {
   BulkSender sender;
   std::deque<ArrivedFd> arrived;
   sys::UniqueFd frame_fd;
+  SlabMaps maps;
 };
 
+struct VerifiedSlab {
+  dev_t dev;
+  ino_t ino;
+};
 // Checks fd against a bulk frame of `length` bytes; throws ProtocolError.
-void verify_bulk_fd(int fd, std::uint64_t length);
-// Copies the payload into dst (pread), then marks the slab free. Throws
-// ProtocolError if the file ends early.
-void read_bulk(int fd, std::byte* dst, std::size_t length);
+VerifiedSlab verify_bulk_fd(int fd, std::uint64_t length);
+// Copies the payload into dst (from a cached mapping, else pread), then
+// marks the slab free. Throws ProtocolError if the file ends early.
+void read_bulk(BulkState& b, const VerifiedSlab& slab, std::byte* dst, std::size_t length);
 // Advises transparent huge pages over a large fresh buffer: on a VM, page
 // faults on 4 KiB pages dominate receiving into a new 64 MiB buffer.
 void advise_huge_pages(void* p, std::size_t n) noexcept;

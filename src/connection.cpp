@@ -413,7 +413,7 @@ void Connection::receive_into(std::byte* dst, std::size_t upto, std::size_t leng
 // the stream's framing is intact (the frame was only a header).
 void Connection::receive_bulk(std::byte* dst, std::size_t length) {
   try {
-    detail::read_bulk(bulk_->frame_fd.get(), dst, length);
+    detail::read_bulk(*bulk_, detail::VerifiedSlab{slab_dev_, slab_ino_}, dst, length);
   } catch (...) {
     drop_frame();
     throw;
@@ -425,7 +425,9 @@ void Connection::check_bulk_frame(std::uint64_t length) {
   try {
     if (!bulk_ || !bulk_->frame_fd)
       throw ProtocolError(fmt::format("recv: bulk frame of {} bytes came without a file descriptor", length));
-    detail::verify_bulk_fd(bulk_->frame_fd.get(), length);
+    const detail::VerifiedSlab v = detail::verify_bulk_fd(bulk_->frame_fd.get(), length);
+    slab_dev_ = v.dev;
+    slab_ino_ = v.ino;
   } catch (...) {
     drop_frame();
     throw;

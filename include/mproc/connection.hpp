@@ -210,6 +210,8 @@ class Connection {
   std::size_t bulk_threshold_ = kDefaultBulkThreshold;
   std::unique_ptr<detail::BulkState> bulk_;  // slabs, arrived fds, the pending frame's fd
   std::uint64_t rstream_ = 0;  // bytes read from the stream so far (places arrived fds)
+  dev_t slab_dev_ = 0;  // the pending bulk frame's slab, once checked
+  ino_t slab_ino_ = 0;
   std::uint64_t max_message_size_ = kDefaultMaxMessageSize;
   bool desync_ = false;  // a bad frame was read: the stream has lost its framing
   std::optional<Header> pending_;

@@ -71,6 +71,13 @@ ROWS = [
      None, None, "rate"),
     ("64 MiB array to a worker (CPython: Pipe.send_bytes)", "pipe_bandwidth_64MiB", "BM_Array64MiBToWorker",
      None, None, "bw"),
+    # Issue 13: bulk data (bench/bench_bulk.cpp). The child receives into a reused buffer
+    # (recv_bytes_into), as the raw socketpair floor does; or into a fresh Bytes (recv_bytes).
+    ("Connection.send_bytes 64 MiB, recv_bytes_into + ack", "pipe_bandwidth_64MiB",
+     "BM_ConnectionSendBytes64MiB/recv_into", "BM_RawSocketStream64MiB", "raw socketpair stream", "bw"),
+    ("Connection.send_bytes 64 MiB, recv_bytes (fresh buffer) + ack", "pipe_bandwidth_64MiB",
+     "BM_ConnectionSendBytes64MiB/recv_bytes", "BM_RawSocketStream64MiB", "raw socketpair stream", "bw"),
+    ("Queue 1→1, 1 MiB messages", "queue_1MiB", "BM_Queue1MiB", "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
     # Issue 5: managers (bench/bench_managers.cpp), over the local Unix socket.
     ("Manager dict set+get pairs", "manager_dict_setget", "BM_ManagerDictSetGet/tcp:0", None, None, "rate"),
     ("Manager dict: 10^5 items in one update (CPython: item by item)", "manager_dict_itemwise",
@@ -87,6 +94,7 @@ FLOORS = [
     ("BM_RawPipePingPong", "1-byte ping-pong over two pipes", "time"),
     ("BM_RawSocketPingPong", "1-byte ping-pong over a socketpair", "time"),
     ("BM_RawSocketStream64MiB", "64 MiB over a socketpair + 1-byte ack", "bw"),
+    ("BM_Memcpy64MiB", "memcpy of 64 MiB between buffers already faulted in", "bw"),
     ("BM_RawFutexPingPong", "ping-pong through a shared futex word (wait/wake, no spin)", "time"),
     ("1cpu:BM_RawPipePingPong", "1-byte ping-pong over two pipes, both on 1 CPU", "time"),
     ("1cpu:BM_RawSocketPingPong", "1-byte ping-pong over a socketpair, both on 1 CPU", "time"),
@@ -411,6 +419,22 @@ def main():
         target(text, v, v is not None and (v >= need if field == "speedup" else v <= need))
     shared_target_table = "\n".join(["| target (issues 4, 5) | measured | status |", "|---|---|---|", *targets])
 
+    # Issue 13: bulk data, against the floors (slowdown <= 1.25 is >= 80% of the floor).
+    targets = []
+    for lbl, text, field, need in (
+            ("Connection.send_bytes 64 MiB, recv_bytes_into + ack",
+             "Connection.send_bytes 64 MiB ≥ 80% of a raw socketpair stream", "slowdown", 1.25),):
+        if lbl not in by:
+            continue
+        v = by[lbl][field]
+        target(text, v, v is not None and v <= need)
+    q = by.get("Queue 1→1, 1 MiB messages")
+    if q:
+        v = median_of(mp_rounds, "BM_Queue1MiB")
+        ok = isinstance(v, float) and v >= 2e9
+        targets.append(f"| Queue 1 MiB messages ≥ 2 GB/s | {fmt_val(v, 'bw')} | {'**met**' if ok else '**not met**'} |")
+    bulk_target_table = "\n".join(["| target (issue 13) | measured | status |", "|---|---|---|", *targets])
+
     print(table)
     print()
     print(floors)
@@ -420,6 +444,8 @@ def main():
     print(pool_target_table)
     print()
     print(shared_target_table)
+    print()
+    print(bulk_target_table)
     print(f"\n({args.rounds} interleaved rounds, {total:.0f} s; python: {py_header})", file=sys.stderr)
 
     if args.no_docs:
@@ -544,6 +570,20 @@ keeps running) do (`perf record` shows `do_wp_page`, `copy_page_range` and
 page faults in the workers). Under `forkserver`, the default after
 `mproc::init`, the workers are forked from the small server process and the
 row is at about 2×.
+
+## Bulk data (issue 13)
+
+{bulk_target_table}
+
+A Connection message of at least 256 KiB on a Unix socket goes through a
+reused, sealed memfd slab (one copy into it, one copy out of the receiver's
+cached mapping); the rows above compare it with a raw socketpair stream of
+64 MiB whose reader reuses one buffer, and with the same send into a fresh
+`Bytes` (`recv_bytes()`, which pays the page faults of a new 64 MiB buffer).
+`BM_ConnectionMessageBySize/<bytes>/<0 stream, 1 shared memory>` measured
+the threshold. Queue rows: 1 MiB `std::string` messages from a forked
+producer through a `Queue(4)` (CPython: 1 MiB `bytes` through
+`multiprocessing.Queue(4)`).
 
 ## Reproduce
 

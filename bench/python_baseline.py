@@ -173,6 +173,28 @@ def bench_queue_throughput(n):
     return n / (time.perf_counter() - t)
 
 
+def _produce_big(q, size, n):
+    buf = b"x" * size
+    for _ in range(n):
+        q.put(buf)
+
+
+def bench_queue_big(size, n):
+    """1 producer (a child) -> 1 consumer (this process), `size`-byte bytes messages: GB/s."""
+    ctx = mp.get_context("fork")
+    q = ctx.Queue(4)
+    p = ctx.Process(target=_produce_big, args=(q, size, n + 2))
+    p.start()
+    q.get()
+    q.get()  # warm-up
+    t = time.perf_counter()
+    for _ in range(n):
+        q.get()
+    dt = time.perf_counter() - t
+    p.join()
+    return size * n / dt / 1e9
+
+
 def bench_queue_pingpong(n):
     """put -> get in a child -> put back -> get: the round trip, in µs."""
     ctx = mp.get_context("fork")
@@ -248,6 +270,7 @@ WORKLOADS = {
     "pool_start_shutdown_2_forkserver": (lambda s: bench_pool_start("forkserver", s(20)), "ms/pool"),
     "queue_throughput_small": (lambda s: bench_queue_throughput(s(100_000)), "msgs/s"),
     "queue_pingpong": (lambda s: bench_queue_pingpong(s(10_000)), "us/roundtrip"),
+    "queue_1MiB": (lambda s: bench_queue_big(1 << 20, s(200)), "GB/s"),
     "value_lock_increments": (lambda s: bench_value_lock(s(50_000)), "ops/s"),
     "manager_dict_setget": (lambda s: bench_manager_dict_setget(s(5_000)), "pairs/s"),
     "manager_dict_itemwise": (lambda s: bench_manager_dict_itemwise(s(10_000)), "items/s"),

@@ -63,6 +63,15 @@ struct Model {
     std::memcpy(&magic, stream.data() + pos, 4);
     std::memcpy(&tag, stream.data() + pos + 4, 4);
     std::memcpy(&length, stream.data() + pos + 8, 8);
+    if (magic == Connection::kBulkMagic) {
+      // A bulk header: checked against the limit and the type as any frame;
+      // then refused (no fd can come with this stream) and dropped, the
+      // framing intact.
+      if (length > limit) return Outcome::too_large;
+      if (want_tag != 0 && tag != want_tag) return Outcome::mismatch;
+      pos += Connection::kHeaderSize;
+      return Outcome::protocol;
+    }
     if (magic != Connection::kMagic) {
       desync = true;
       return Outcome::protocol;

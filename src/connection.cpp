@@ -16,6 +16,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bulk_payload.hpp"
 #include "sys/fd.hpp"
 
 namespace mproc {
@@ -59,11 +60,21 @@ void check_range(std::size_t total, std::size_t offset, std::optional<std::size_
 
 static_assert(sizeof(std::uint32_t) * 2 + sizeof(std::uint64_t) == Connection::kHeaderSize);
 
+Connection::Connection() noexcept = default;
+
 Connection::Connection(int fd, bool readable, bool writable) {
   sys::UniqueFd owned(fd);  // closed if anything below throws
   if (fd < 0) throw Error(fmt::format("Connection: invalid file descriptor {}", fd));
   if (!readable && !writable) throw Error("Connection: neither readable nor writable");
   socket_ = sys::is_socket(fd);
+  if (socket_) {
+    int domain = 0, type = 0;
+    socklen_t len = sizeof domain;
+    const bool known = ::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0;
+    len = sizeof type;
+    unix_ = known && domain == AF_UNIX && ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 &&
+            type == SOCK_STREAM;
+  }
   readable_ = readable;
   writable_ = writable;
   fd_ = owned.release();
@@ -81,6 +92,10 @@ Connection::Connection(Connection&& o) noexcept
       readable_(o.readable_),
       writable_(o.writable_),
       socket_(o.socket_),
+      unix_(o.unix_),
+      bulk_threshold_(o.bulk_threshold_),
+      bulk_(std::move(o.bulk_)),
+      rstream_(std::exchange(o.rstream_, 0)),
       max_message_size_(o.max_message_size_),
       desync_(std::exchange(o.desync_, false)),
       pending_(std::exchange(o.pending_, std::nullopt)),
@@ -99,6 +114,10 @@ Connection& Connection::operator=(Connection&& o) noexcept {
     readable_ = o.readable_;
     writable_ = o.writable_;
     socket_ = o.socket_;
+    unix_ = o.unix_;
+    bulk_threshold_ = o.bulk_threshold_;
+    bulk_ = std::move(o.bulk_);
+    rstream_ = std::exchange(o.rstream_, 0);
     max_message_size_ = o.max_message_size_;
     desync_ = std::exchange(o.desync_, false);
     pending_ = std::exchange(o.pending_, std::nullopt);
@@ -126,6 +145,13 @@ void Connection::close() noexcept {
   Bytes().swap(in_);
   in_got_ = 0;
   resuming_ = false;
+  bulk_.reset();  // our slabs: a receiver holding one keeps it alive with its own fd
+  rstream_ = 0;
+}
+
+detail::BulkState& Connection::bulk() {
+  if (!bulk_) bulk_ = std::make_unique<detail::BulkState>();
+  return *bulk_;
 }
 
 int Connection::fileno() const {
@@ -150,8 +176,32 @@ void Connection::write_frame(const std::byte* data, std::size_t n) {
   }
 }
 
+void Connection::send_bulk(std::uint32_t tag, std::span<const std::span<const std::byte>> parts,
+                           std::size_t total) {
+  detail::BulkState& b = bulk();
+  const int slab = b.sender.stage(parts, total);
+  std::byte header[kHeaderSize];
+  const Header h{kBulkMagic, tag, static_cast<std::uint64_t>(total)};
+  std::memcpy(header, &h.magic, 4);
+  std::memcpy(header + 4, &h.tag, 4);
+  std::memcpy(header + 8, &h.length, 8);
+  try {
+    sys::send_with_fds(fd_, header, kHeaderSize, std::span<const int>(&slab, 1));
+  } catch (const std::system_error& e) {
+    if (is_peer_gone(e)) throw_peer_closed(e);
+    throw;
+  }
+  b.sender.after_send();
+}
+
 void Connection::send_frame(std::uint32_t tag, Bytes& buf) {
   require_open("send", false);
+  if (sends_through_shared_memory(buf.size() - kHeaderSize)) {
+    const std::span<const std::byte> part(buf.data() + kHeaderSize, buf.size() - kHeaderSize);
+    send_bulk(tag, std::span(&part, 1), part.size());
+    if (buf.capacity() > kScratchKeep) Bytes().swap(buf);
+    return;
+  }
   const Header h{kMagic, tag, static_cast<std::uint64_t>(buf.size() - kHeaderSize)};
   std::memcpy(buf.data(), &h.magic, 4);
   std::memcpy(buf.data() + 4, &h.tag, 4);
@@ -166,6 +216,11 @@ void Connection::send_bytes(std::span<const std::byte> buf, std::size_t offset,
   require_open("send_bytes", false);
   const std::size_t n = size ? *size : buf.size() - offset;
   const std::byte* src = buf.data() + offset;
+  if (sends_through_shared_memory(n)) {
+    const std::span<const std::byte> part(src, n);
+    send_bulk(0, std::span(&part, 1), n);
+    return;
+  }
   if (n <= kCopyLimit) {
     scratch_.resize(kHeaderSize + n);
     if (n) std::memcpy(scratch_.data() + kHeaderSize, src, n);
@@ -212,6 +267,13 @@ constexpr std::size_t kReadAhead = std::size_t{64} << 10;
 }
 }  // namespace
 
+ssize_t Connection::read_stream(std::byte* dst, std::size_t n) {
+  if (unix_) return detail::recv_stream(fd_, dst, n, rstream_, bulk().arrived);
+  const ssize_t r = ::read(fd_, dst, n);
+  if (r > 0) rstream_ += static_cast<std::uint64_t>(r);
+  return r;
+}
+
 std::size_t Connection::read_some(std::byte* dst, std::size_t n) {
   if (rpos_ < rlen_) {
     const std::size_t take = std::min(n, rlen_ - rpos_);
@@ -222,7 +284,7 @@ std::size_t Connection::read_some(std::byte* dst, std::size_t n) {
   const bool direct = n >= kReadAhead;
   if (!direct && rbuf_.size() < kReadAhead) rbuf_.resize(kReadAhead);
   for (;;) {
-    ssize_t r = direct ? ::read(fd_, dst, n) : ::read(fd_, rbuf_.data(), rbuf_.size());
+    ssize_t r = direct ? read_stream(dst, n) : read_stream(rbuf_.data(), rbuf_.size());
     if (r > 0) {
       if (direct) return static_cast<std::size_t>(r);
       rpos_ = 0;
@@ -248,7 +310,7 @@ bool Connection::fill_header() {
     rpos_ = 0;
   }
   while (rlen_ - rpos_ < kHeaderSize) {
-    ssize_t r = ::read(fd_, rbuf_.data() + rlen_, rbuf_.size() - rlen_);
+    ssize_t r = read_stream(rbuf_.data() + rlen_, rbuf_.size() - rlen_);
     if (r > 0) {
       rlen_ += static_cast<std::size_t>(r);
     } else if (r == 0 || errno == ECONNRESET) {
@@ -276,7 +338,17 @@ const Connection::Header& Connection::next_header() {
   std::memcpy(&h.magic, raw, 4);
   std::memcpy(&h.tag, raw + 4, 4);
   std::memcpy(&h.length, raw + 8, 8);
+  // The stream position of this header: an fd attached to it arrived with
+  // a read ending inside it; every other fd that came so far is dropped.
+  const std::uint64_t start = rstream_ - (rlen_ - rpos_);
+  sys::UniqueFd frame_fd;
+  if (bulk_) frame_fd = detail::take_header_fd(bulk_->arrived, start, kHeaderSize);
   rpos_ += kHeaderSize;
+  if (h.magic == kBulkMagic) {
+    bulk().frame_fd = std::move(frame_fd);
+    pending_ = h;
+    return *pending_;
+  }
   if (h.magic != kMagic) {
     desync_ = true;
     throw ProtocolError(fmt::format("recv: bad frame header: expected magic {:#010x}, got bytes [{}]",
@@ -301,6 +373,7 @@ std::uint64_t Connection::begin_frame(const char* op, std::uint32_t expect_tag, 
 
 void Connection::drop_frame() noexcept {
   pending_.reset();
+  if (bulk_) bulk_->frame_fd.reset();
   resuming_ = false;
   Bytes().swap(in_);
   in_got_ = 0;
@@ -335,8 +408,50 @@ void Connection::receive_into(std::byte* dst, std::size_t upto, std::size_t leng
   }
 }
 
+// The pending frame is a bulk frame (its fd checked before anything is
+// allocated by the caller): its payload into dst. Any fault drops the frame;
+// the stream's framing is intact (the frame was only a header).
+void Connection::receive_bulk(std::byte* dst, std::size_t length) {
+  try {
+    detail::read_bulk(*bulk_, detail::VerifiedSlab{slab_dev_, slab_ino_}, dst, length);
+  } catch (...) {
+    drop_frame();
+    throw;
+  }
+  drop_frame();
+}
+
+void Connection::check_bulk_frame(std::uint64_t length) {
+  try {
+    if (!bulk_ || !bulk_->frame_fd)
+      throw ProtocolError(fmt::format("recv: bulk frame of {} bytes came without a file descriptor", length));
+    const detail::VerifiedSlab v = detail::verify_bulk_fd(bulk_->frame_fd.get(), length);
+    slab_dev_ = v.dev;
+    slab_ino_ = v.ino;
+  } catch (...) {
+    drop_frame();
+    throw;
+  }
+}
+
+bool Connection::pending_bulk() const noexcept { return pending_ && pending_->magic == kBulkMagic; }
+
 Bytes Connection::receive_payload(std::uint64_t length64) {
   const auto length = static_cast<std::size_t>(length64);
+  if (pending_bulk()) {
+    check_bulk_frame(length64);
+    Bytes out;
+    try {
+      out.reserve(length);
+      detail::advise_huge_pages(out.data(), length);
+      out.resize(length);
+    } catch (...) {
+      drop_frame();
+      throw;
+    }
+    receive_bulk(out.data(), length);
+    return out;
+  }
   // Memory follows the bytes received. The buffer's size (zero-filled, so
   // resident) doubles only when full: at most 2 x the bytes received +
   // 64 KiB. Its capacity (address space, resident only once touched)
@@ -352,6 +467,7 @@ Bytes Connection::receive_payload(std::uint64_t length64) {
         if (in_got_ >= length / kReserveAhead) {
           try {
             in_.reserve(length);
+            detail::advise_huge_pages(in_.data(), length);
           } catch (const std::bad_alloc&) {  // no address space to spare (RLIMIT_AS): just double
           }
         }
@@ -380,6 +496,11 @@ std::size_t Connection::recv_bytes_into(std::span<std::byte> buf, std::size_t of
   check_range(buf.size(), offset, std::nullopt, "recv_bytes_into");
   const std::uint64_t limit = std::min<std::uint64_t>(max_message_size_, buf.size() - offset);
   const auto length = static_cast<std::size_t>(begin_frame("recv_bytes_into", 0, limit, nullptr));
+  if (pending_bulk()) {
+    check_bulk_frame(length);
+    receive_bulk(buf.data() + offset, length);
+    return length;
+  }
   receive_into(buf.data() + offset, length, length);
   drop_frame();
   return length;

@@ -1,10 +1,11 @@
 // The shared-memory queue: a byte ring under a robust mutex, futex wake-ups,
-// and large messages in hole-punched pages of a second memfd.
+// and large messages in reused slots of a second memfd.
 #include "mproc/queues.hpp"
 
 #include <fcntl.h>
 #include <linux/falloc.h>
-#include <sys/mman.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <bit>
@@ -37,8 +38,39 @@ struct Record {
   std::uint32_t flags;
 };
 struct BigRef {
-  std::uint64_t off, len;
+  std::uint64_t slot, len;
 };
+
+// Large messages (over a quarter of the ring) live in slots of the big
+// memfd, each a page-aligned region [off, off + cap) that keeps its pages
+// between messages (no fault, no allocation per message). A slot's life,
+// every transition under the queue's lock:
+//
+//   unused ──put: no free slot fits──▶ writing(pid) ──put's commit──▶ queued
+//     ▲                                   ▲   │                          │
+//     │ cap over kKeepSlot               │   │ put times out / fails    │ get's commit
+//     │ (pages punched)          free ───┘   ▼                          ▼
+//   freed ◀────────────────────────────── free ◀──get copied it out── reading(pid)
+//
+// A writing or reading slot whose pid is dead (killed inside put, or after
+// get's commit) is taken back when a put finds no free slot: a dead
+// producer's half-written message or a dead consumer's message in hand,
+// never a message still queued. A queued slot never read dies with the
+// queue's memfd (nothing is named: nothing reaches /dev/shm).
+enum SlotState : std::uint32_t { kUnused = 0, kSlotFree, kWriting, kQueued, kReading };
+struct BigSlot {
+  std::uint64_t off;
+  std::uint64_t cap;
+  std::uint32_t state;
+  std::int32_t pid;
+};
+constexpr std::size_t kSlots = 64;
+// A slot larger than this gives its pages back once read (a queue keeps at
+// most a few of them resident).
+constexpr std::uint64_t kKeepSlot = std::uint64_t{64} << 20;
+constexpr std::uint64_t kMinSlot = std::uint64_t{64} << 10;
+
+bool pid_dead(std::int32_t pid) { return pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH; }
 }  // namespace
 
 void set_queue_fault_hook(QueueFaultHook h) noexcept { g_hook.store(h); }
@@ -56,6 +88,7 @@ struct QueueState {
   std::atomic<std::uint64_t> big_next;  // next free offset in the big file
   std::atomic<std::int64_t> unfinished;
   std::atomic<std::uint32_t> done_seq;  // futex: bumped when unfinished reaches 0
+  BigSlot slots[kSlots];  // large messages' regions of the big file (under the lock)
 };
 static_assert(kMutexStateSize + sizeof(QueueState) <= kStateBytes);
 
@@ -135,39 +168,101 @@ void QueueCore::copy_out(std::uint64_t pos, void* dst, std::size_t n) const {
   if (first < n) std::memcpy(static_cast<std::byte*>(dst) + first, ring_, n - first);
 }
 
+// Takes a slot of at least len bytes for this process (under the lock):
+// the smallest free one, else a new region, else one whose holder died.
+std::uint64_t QueueCore::take_slot(std::uint64_t len) const {
+  lock();
+  BigSlot* best = nullptr;
+  BigSlot* unused = nullptr;
+  for (BigSlot& sl : st_->slots) {
+    if (sl.state == kSlotFree && sl.cap >= len && (!best || sl.cap < best->cap)) best = &sl;
+    if (sl.state == kUnused && !unused) unused = &sl;
+  }
+  if (!best)
+    for (BigSlot& sl : st_->slots)  // holders killed inside put, or after get's commit
+      if ((sl.state == kWriting || sl.state == kReading) && pid_dead(sl.pid)) {
+        if (sl.cap >= len) {
+          best = &sl;
+          break;
+        }
+        free_pages(sl.off, sl.cap);
+        sl.state = kUnused;
+        if (!unused) unused = &sl;
+      }
+  if (!best && unused) {
+    const std::uint64_t cap = std::max(kMinSlot, std::bit_ceil(round_page(len)));
+    unused->off = st_->big_next.fetch_add(cap);
+    unused->cap = cap;
+    best = unused;
+  }
+  if (!best) {
+    mutex_.release();
+    throw Error("mproc::Queue: all " + std::to_string(kSlots) + " large-message slots are in use");
+  }
+  best->pid = static_cast<std::int32_t>(::getpid());  // before the state: a kill between leaves it reclaimable
+  best->state = kWriting;
+  const auto index = static_cast<std::uint64_t>(best - st_->slots);
+  mutex_.release();
+  return index;
+}
+
+void QueueCore::release_slot(std::uint64_t index, bool locked) const noexcept {
+  if (!locked) {
+    try {
+      lock();
+    } catch (...) {
+      return;  // the lock is gone (closed queue): the slot dies with the memfd
+    }
+  }
+  BigSlot& sl = st_->slots[index];
+  if (sl.cap > kKeepSlot) {
+    free_pages(sl.off, sl.cap);
+    sl.state = kUnused;
+  } else {
+    sl.state = kSlotFree;
+  }
+  if (!locked) mutex_.release();
+}
+
 std::uint64_t QueueCore::store_big(std::span<const std::byte> msg) const {
-  const std::uint64_t len = round_page(msg.size());
-  const std::uint64_t off = st_->big_next.fetch_add(len);
-  const int fd = big_.fileno();
-  if (::fallocate(fd, 0, static_cast<off_t>(off), static_cast<off_t>(len)) != 0)
-    sys::throw_errno("fallocate(queue message)");
-  void* p = ::mmap(nullptr, len, PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(off));
-  if (p == MAP_FAILED) {
-    int err = errno;
-    free_big(off, len);
-    sys::throw_errno("mmap(queue message)", err);
+  const std::uint64_t index = take_slot(msg.size());
+  const std::uint64_t off = st_->slots[index].off;
+  // pwrite, not a mapping: no page-table faults per message; the slot's
+  // pages stay allocated in the memfd between messages.
+  std::size_t done = 0;
+  while (done < msg.size()) {
+    const ssize_t w = ::pwrite(big_.fileno(), msg.data() + done, msg.size() - done, static_cast<off_t>(off + done));
+    if (w > 0) {
+      done += static_cast<std::size_t>(w);
+    } else if (w < 0 && errno != EINTR) {
+      const int err = errno;
+      release_slot(index, false);
+      sys::throw_errno("pwrite(queue message)", err);
+    }
   }
-  std::memcpy(p, msg.data(), msg.size());
-  ::munmap(p, len);
-  return off;
+  return index;
 }
 
-void QueueCore::load_big(std::uint64_t off, std::uint64_t len, Bytes& out) const {
-  const std::uint64_t mapped = round_page(len);
+void QueueCore::load_big(std::uint64_t index, std::uint64_t len, Bytes& out) const {
+  const std::uint64_t off = st_->slots[index].off;
   out.resize(len);
-  void* p = ::mmap(nullptr, mapped, PROT_READ, MAP_SHARED, big_.fileno(), static_cast<off_t>(off));
-  if (p == MAP_FAILED) {
-    int err = errno;
-    free_big(off, mapped);
-    sys::throw_errno("mmap(queue message)", err);
+  std::size_t done = 0;
+  while (done < len) {
+    const ssize_t r = ::pread(big_.fileno(), out.data() + done, len - done, static_cast<off_t>(off + done));
+    if (r > 0) {
+      done += static_cast<std::size_t>(r);
+    } else if (r == 0 || errno != EINTR) {
+      const int err = r == 0 ? EIO : errno;
+      release_slot(index, false);
+      sys::throw_errno("pread(queue message)", err);
+    }
   }
-  std::memcpy(out.data(), p, len);
-  ::munmap(p, mapped);
-  free_big(off, mapped);
+  hook("get:after-commit");
+  release_slot(index, false);
 }
 
-// Gives the pages back; the file's size stays (sparse), offsets never reuse.
-void QueueCore::free_big(std::uint64_t off, std::uint64_t len) const noexcept {
+// Gives the pages back; the file's size stays (sparse).
+void QueueCore::free_pages(std::uint64_t off, std::uint64_t len) const noexcept {
   ::fallocate(big_.fileno(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
               static_cast<off_t>(len));
 }
@@ -178,7 +273,7 @@ bool QueueCore::put(std::span<const std::byte> msg, bool block, Timeout timeout)
   // put never waits for more contiguous room than a quarter of the ring.
   const bool big = msg.size() > std::min<std::uint64_t>(st.capacity / 4, UINT32_MAX);
   BigRef ref{};
-  if (big) ref = {store_big(msg), msg.size()};
+  if (big) ref = {store_big(msg), msg.size()};  // a slot in state writing
   const std::span<const std::byte> payload =
       big ? std::as_bytes(std::span<const BigRef>(&ref, 1)) : msg;
   const Record rec{static_cast<std::uint32_t>(payload.size()), big ? kBig : 0};
@@ -194,6 +289,7 @@ bool QueueCore::put(std::span<const std::byte> msg, bool block, Timeout timeout)
       copy_in(head + sizeof rec, payload.data(), payload.size());
       hook("put:before-commit");
       st.head.store(head + need, std::memory_order_release);  // the commit point
+      if (big) st.slots[ref.slot].state = kQueued;
       st.count.fetch_add(1, std::memory_order_relaxed);
       st.unfinished.fetch_add(1, std::memory_order_relaxed);
       st.put_seq.fetch_add(1, std::memory_order_release);
@@ -203,8 +299,8 @@ bool QueueCore::put(std::span<const std::byte> msg, bool block, Timeout timeout)
       return true;
     }
     if (!block || sys::expired(deadline)) {
+      if (big) release_slot(ref.slot, true);
       mutex_.release();
-      if (big) free_big(ref.off, round_page(ref.len));
       return false;
     }
     const std::uint32_t seq = st.get_seq.load();
@@ -229,15 +325,19 @@ bool QueueCore::get(Bytes& out, bool block, Timeout timeout) const {
       Record rec{};
       copy_out(tail, &rec, sizeof rec);
       const std::uint64_t need = sizeof rec + pad8(rec.len);
-      if (need > head - tail || ((rec.flags & kBig) && rec.len != sizeof(BigRef))) {
+      BigRef ref{};
+      if (rec.flags & kBig) copy_out(tail + sizeof rec, &ref, sizeof ref);
+      if (need > head - tail ||
+          ((rec.flags & kBig) && (rec.len != sizeof(BigRef) || ref.slot >= kSlots ||
+                                  st.slots[ref.slot].state != kQueued || ref.len > st.slots[ref.slot].cap))) {
         st.tail.store(head);
         st.count.store(0);
         mutex_.release();
         throw ProtocolError("mproc::Queue: corrupt record of " + std::to_string(rec.len) + " bytes");
       }
-      BigRef ref{};
       if (rec.flags & kBig) {
-        copy_out(tail + sizeof rec, &ref, sizeof ref);
+        st.slots[ref.slot].state = kReading;  // ours from the commit on; taken back if we die
+        st.slots[ref.slot].pid = static_cast<std::int32_t>(::getpid());
       } else {
         out.resize(rec.len);
         copy_out(tail + sizeof rec, out.data(), rec.len);
@@ -252,7 +352,7 @@ bool QueueCore::get(Bytes& out, bool block, Timeout timeout) const {
       mutex_.release();
       if (wake_putter) sys::futex_wake(&st.get_seq, 1);
       if (wake_getter) sys::futex_wake(&st.put_seq, 1);
-      if (rec.flags & kBig) load_big(ref.off, ref.len, out);
+      if (rec.flags & kBig) load_big(ref.slot, ref.len, out);
       return true;
     }
     if (!block || sys::expired(deadline)) {

@@ -2,8 +2,10 @@
 // messages, MPMC count + checksum, and producers/consumers SIGKILLed inside
 // put/get (at the fault hook, with the queue's lock held) or at random.
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -270,6 +272,70 @@ TEST(QueueFaults, ProducerKilledMidPutLeavesQueueConsistent) {
   EXPECT_EQ(q.get(), 3);
   EXPECT_EQ(q.get(), 4);
   EXPECT_TRUE(q.empty());
+}
+
+// ---- large messages: slots reused, taken back from dead holders ----------------------------
+// Bytes of memory and the largest file size over this process's mproc
+// memfds (the queue's ring and its large-message file among them).
+struct MemfdUse {
+  std::uint64_t allocated = 0, largest_size = 0;
+};
+MemfdUse memfd_use() {
+  MemfdUse u;
+  for (int fd : mproc::test::open_fds()) {
+    if (mproc::test::describe_fd(fd).find("memfd:mproc-shared") == std::string::npos) continue;
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) continue;
+    u.allocated += static_cast<std::uint64_t>(st.st_blocks) * 512;
+    u.largest_size = std::max<std::uint64_t>(u.largest_size, static_cast<std::uint64_t>(st.st_size));
+  }
+  return u;
+}
+
+TEST(Queue, LargeMessagesAcrossTheThresholdReuseOneSlot) {
+  Queue<std::string> q(mproc::QueueOptions{.ring_bytes = 4096});  // over 1 KiB goes aside
+  for (std::size_t n : {std::size_t{1000}, std::size_t{1024}, std::size_t{1025}, std::size_t{12289}}) {
+    const std::string s(n, static_cast<char>('a' + n % 26));
+    q.put(s);
+    EXPECT_EQ(q.get(), s) << n;
+  }
+  const std::string big((1 << 20) + 3, 'q');
+  for (int i = 0; i < 20; ++i) {
+    q.put(big);
+    EXPECT_EQ(q.get(), big);
+  }
+  // One slot of 2 MiB, written and read 20 times: the file did not grow by
+  // a fresh region per message (it was 20 MiB and more with fresh offsets).
+  EXPECT_LE(memfd_use().largest_size, std::uint64_t{4} << 20);
+}
+
+TEST(QueueFaults, HoldersOfLargeMessagesKilledLeaveNoSlotBehind) {
+  Queue<std::string> q(mproc::QueueOptions{.ring_bytes = 4096});
+  const std::string big(1 << 20, 'k');
+  for (int round = 0; round < 6; ++round) {
+    const bool consumer = round % 2 == 0;
+    if (consumer) q.put(big);
+    mproc::Event at_hook;
+    mproc::Process victim(with(StartMethod::fork), [&] {
+      g_at_hook = &at_hook;
+      g_hook_point = consumer ? "get:after-commit" : "put:before-commit";
+      mproc::detail::set_queue_fault_hook(stop_here);
+      if (consumer) (void)q.get();  // stops holding the message's slot
+      else q.put(big);              // stops with its slot written, lock held
+    });
+    victim.start();
+    ASSERT_TRUE(at_hook.wait(60s));
+    victim.kill();
+    victim.join();
+  }
+  EXPECT_TRUE(q.empty());
+  for (int i = 0; i < 3; ++i) {
+    q.put(big);
+    EXPECT_EQ(q.get(), big);
+  }
+  // Every dead holder's slot was taken back: about one slot's memory, not
+  // one per kill (6 MiB and more).
+  EXPECT_LE(memfd_use().allocated, std::uint64_t{3} << 20);
 }
 
 // ---- JoinableQueue, SimpleQueue, pool tasks ------------------------------------------------

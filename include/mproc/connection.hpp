@@ -30,14 +30,28 @@
 // - offset/size outside the given buffer: std::out_of_range.
 // A Connection is not thread-safe (as in Python): one reader and one writer at
 // a time, or a lock around it.
+//
+// Large messages (issue 13): on a Unix-socket Connection (Pipe(), Listener
+// on a Unix address) a message of at least bulk_threshold() payload bytes
+// travels through shared memory: the sender copies it into a reused, sealed
+// memfd and the frame is only a header {magic "MPRB", tag, length} with the
+// memfd attached (SCM_RIGHTS); the receiver checks the fd and copies the
+// payload out. One copy on each side, no stream, no page faults on the
+// sender after the first message. The receiver refuses (ProtocolError
+// naming what was wrong, the frame dropped, the stream still usable) a bulk
+// header without an fd, an fd that is not a sealed mproc memfd, or one
+// smaller than, or with less memory than, the announced length; see
+// docs/security.md. Pipes (Pipe(false)) and TCP keep the stream.
 #pragma once
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string_view>
+#include <sys/types.h>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -48,12 +62,21 @@
 
 namespace mproc {
 
+namespace detail {
+struct BulkState;
+}
+
 class Connection {
  public:
   static constexpr std::uint32_t kMagic = 0x4d505243;  // "MPRC"
+  // A bulk frame's header: the payload is in the memfd attached to it.
+  static constexpr std::uint32_t kBulkMagic = 0x4d505242;  // "MPRB"
   static constexpr std::uint64_t kDefaultMaxMessageSize = std::uint64_t{1} << 30;
+  // Messages of at least this many payload bytes go through shared memory
+  // on a Unix socket (chosen by measurement: docs/benchmarks.md, "Bulk data").
+  static constexpr std::size_t kDefaultBulkThreshold = std::size_t{256} << 10;
 
-  Connection() = default;
+  Connection() noexcept;
   // Takes ownership of fd.
   Connection(int fd, bool readable, bool writable);
   Connection(Connection&&) noexcept;
@@ -113,6 +136,12 @@ class Connection {
   // before anything is allocated.
   void set_max_message_size(std::uint64_t n) noexcept { max_message_size_ = n; }
   std::uint64_t max_message_size() const noexcept { return max_message_size_; }
+  // Payload size from which a message goes through shared memory (Unix
+  // sockets only); SIZE_MAX keeps every message in the stream.
+  void set_bulk_threshold(std::size_t n) noexcept { bulk_threshold_ = n; }
+  std::size_t bulk_threshold() const noexcept { return bulk_threshold_; }
+  // Whether a message of n payload bytes would go through shared memory.
+  bool sends_through_shared_memory(std::size_t n) const noexcept { return unix_ && n >= bulk_threshold_; }
   // True when a message (or part of one) was already read from the socket:
   // a header whose payload waits, or bytes in the read buffer.
   bool has_pending() const noexcept { return pending_.has_value() || rpos_ < rlen_; }
@@ -163,9 +192,26 @@ class Connection {
   void drop_frame() noexcept;
   void require_open(const char* op, bool want_read) const;
   void write_frame(const std::byte* data, std::size_t n);
+  // Large payloads (src/bulk_payload.*): the concatenation of parts through
+  // a slab; the pending bulk frame's payload into dst.
+  void send_bulk(std::uint32_t tag, std::span<const std::span<const std::byte>> parts, std::size_t total);
+  void receive_bulk(std::byte* dst, std::size_t length);
+  // Throws ProtocolError (frame dropped) unless the pending bulk frame's fd
+  // is fit to read `length` bytes from.
+  void check_bulk_frame(std::uint64_t length);
+  bool pending_bulk() const noexcept;
+  detail::BulkState& bulk();
+  // read(2) on the stream; on a Unix socket, recvmsg keeping arrived fds.
+  ssize_t read_stream(std::byte* dst, std::size_t n);
 
   int fd_ = -1;
   bool readable_ = false, writable_ = false, socket_ = false;
+  bool unix_ = false;  // an AF_UNIX socket: fds can travel (bulk frames)
+  std::size_t bulk_threshold_ = kDefaultBulkThreshold;
+  std::unique_ptr<detail::BulkState> bulk_;  // slabs, arrived fds, the pending frame's fd
+  std::uint64_t rstream_ = 0;  // bytes read from the stream so far (places arrived fds)
+  dev_t slab_dev_ = 0;  // the pending bulk frame's slab, once checked
+  ino_t slab_ino_ = 0;
   std::uint64_t max_message_size_ = kDefaultMaxMessageSize;
   bool desync_ = false;  // a bad frame was read: the stream has lost its framing
   std::optional<Header> pending_;

@@ -13,8 +13,9 @@
 // locker repairs the counters. Sleeps are shared futexes (with a short spin
 // first, and re-checks every 100 ms so a woken consumer that is killed
 // cannot strand the others). A message larger than a quarter of the ring
-// travels in its own pages of a second memfd of the queue (hole-punched once
-// read), so it never waits for ring space and never leaves a /dev/shm entry.
+// travels in a reused slot of a second memfd of the queue (its pages stay
+// allocated between messages; a slot whose holder died is taken back), so it
+// never waits for ring space and never leaves a /dev/shm entry.
 //
 // put() serializes in the caller: a value that cannot serialize throws there
 // at once. Queue(maxsize) counts messages (0: no limit but the ring's bytes).
@@ -66,9 +67,14 @@ class QueueCore {
   void recover() const;
   void copy_in(std::uint64_t pos, const void* src, std::size_t n) const;
   void copy_out(std::uint64_t pos, void* dst, std::size_t n) const;
+  // Large messages (src/queues.cpp draws a slot's states): store_big
+  // returns a slot index in state writing; load_big copies a slot out and
+  // frees it.
+  std::uint64_t take_slot(std::uint64_t len) const;
+  void release_slot(std::uint64_t index, bool locked) const noexcept;
   std::uint64_t store_big(std::span<const std::byte> msg) const;
-  void load_big(std::uint64_t off, std::uint64_t len, Bytes& out) const;
-  void free_big(std::uint64_t off, std::uint64_t len) const noexcept;
+  void load_big(std::uint64_t index, std::uint64_t len, Bytes& out) const;
+  void free_pages(std::uint64_t off, std::uint64_t len) const noexcept;
   SharedMemory mem_;  // state + ring
   SharedMemory big_;  // large messages, at offsets past its first page
   SharedMutex mutex_;
@@ -77,7 +83,8 @@ class QueueCore {
 };
 
 // Test hook: called at "put:before-commit" and "get:before-commit", with the
-// queue's lock held (fault tests stop or kill a process there).
+// queue's lock held, and at "get:after-commit" (a large message copied out,
+// its slot still held, no lock) (fault tests stop or kill a process there).
 using QueueFaultHook = void (*)(const char* where);
 void set_queue_fault_hook(QueueFaultHook hook) noexcept;
 }  // namespace detail

@@ -1,0 +1,142 @@
+// Bulk data (issue 13): large Connection messages and Queue messages, beside
+// the floors measured in this binary: memcpy bandwidth here, and (in
+// bench_connection.cpp) a raw socketpair stream of 64 MiB.
+//
+// Targets: Connection.send_bytes 64 MiB >= 80% of BM_RawSocketStream64MiB;
+// Queue 1 MiB messages >= 2 GB/s.
+#include <benchmark/benchmark.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "mproc/connection.hpp"
+#include "mproc/process.hpp"
+#include "mproc/queues.hpp"
+
+namespace {
+
+constexpr std::size_t k64MiB = std::size_t{64} << 20;
+constexpr std::size_t k1MiB = std::size_t{1} << 20;
+
+mproc::ProcessOptions forked() {
+  mproc::ProcessOptions o;
+  o.start_method = mproc::StartMethod::fork;
+  return o;
+}
+
+// Floor: memcpy of 64 MiB between two buffers already faulted in.
+void BM_Memcpy64MiB(benchmark::State& state) {
+  std::vector<std::byte> src(k64MiB, std::byte{3}), dst(k64MiB, std::byte{0});
+  for (auto _ : state) {
+    std::memcpy(dst.data(), src.data(), k64MiB);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(k64MiB));
+}
+BENCHMARK(BM_Memcpy64MiB)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// 64 MiB send_bytes to a forked child that receives into one reused buffer
+// (recv_bytes_into, as the raw socketpair floor does) and acks with 1 byte.
+// reuse=false: the child takes a fresh Bytes from recv_bytes() each time.
+void BM_ConnectionSendBytes64MiB(benchmark::State& state, bool reuse) {
+  try {
+    auto ends = mproc::Pipe(true);
+    mproc::Connection parent = std::move(ends.first), child = std::move(ends.second);
+    mproc::Process p(forked(), [&parent, &child, reuse] {
+      parent.close();
+      std::vector<std::byte> buf(k64MiB);
+      for (;;) {
+        std::size_t n = 0;
+        if (reuse) {
+          n = child.recv_bytes_into(buf);
+        } else {
+          mproc::Bytes m = child.recv_bytes();
+          n = m.size();
+        }
+        if (n == 0) return;
+        child.send_bytes("k");
+      }
+    });
+    p.start();
+    child.close();
+    std::vector<std::byte> data(k64MiB, std::byte{3});
+    parent.send_bytes(data);  // warm-up
+    (void)parent.recv_bytes();
+    for (auto _ : state) {
+      parent.send_bytes(data);
+      mproc::Bytes ack = parent.recv_bytes();
+      benchmark::DoNotOptimize(ack.data());
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(k64MiB));
+    parent.send_bytes(std::span<const std::byte>{});
+    p.join();
+  } catch (const std::exception& e) {
+    state.SkipWithError((std::string("exception: ") + e.what()).c_str());
+  }
+}
+BENCHMARK_CAPTURE(BM_ConnectionSendBytes64MiB, recv_into, true)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_ConnectionSendBytes64MiB, recv_bytes, false)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// The threshold's measurement: one message of range(0) bytes and a 1-byte
+// ack, through the stream (range(1) == 0) or shared memory (1); the child
+// receives into a reused buffer.
+void BM_ConnectionMessageBySize(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  const bool bulk = state.range(1) != 0;
+  try {
+    auto ends = mproc::Pipe(true);
+    mproc::Connection parent = std::move(ends.first), child = std::move(ends.second);
+    parent.set_bulk_threshold(bulk ? 1 : SIZE_MAX);
+    mproc::Process p(forked(), [&parent, &child, size] {
+      parent.close();
+      std::vector<std::byte> buf(size);
+      while (child.recv_bytes_into(buf) != 0) child.send_bytes("k");
+    });
+    p.start();
+    child.close();
+    std::vector<std::byte> data(size, std::byte{3});
+    for (auto _ : state) {
+      parent.send_bytes(data);
+      mproc::Bytes ack = parent.recv_bytes();
+      benchmark::DoNotOptimize(ack.data());
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(size));
+    parent.send_bytes(std::span<const std::byte>{});
+    p.join();
+  } catch (const std::exception& e) {
+    state.SkipWithError((std::string("exception: ") + e.what()).c_str());
+  }
+}
+BENCHMARK(BM_ConnectionMessageBySize)
+    ->ArgsProduct({{64 << 10, 128 << 10, 256 << 10, 1 << 20}, {0, 1}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// 1 producer (a forked child) -> 1 consumer (this process), 1 MiB
+// std::string messages through a Queue of at most 4 messages.
+void BM_Queue1MiB(benchmark::State& state) {
+  try {
+    mproc::Queue<std::string> q(4);
+    mproc::Process producer(forked(), [q]() mutable {
+      const std::string msg(k1MiB, 'x');
+      for (;;) q.put(msg);  // ends when the parent terminates it
+    });
+    producer.start();
+    std::size_t total = 0;
+    for (auto _ : state) total += q.get().size();
+    benchmark::DoNotOptimize(total);
+    producer.terminate();
+    producer.join();
+    state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(k1MiB));
+  } catch (const std::exception& e) {
+    state.SkipWithError((std::string("exception: ") + e.what()).c_str());
+  }
+}
+BENCHMARK(BM_Queue1MiB)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+}  // namespace

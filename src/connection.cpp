@@ -39,20 +39,20 @@ std::string tag_name(std::uint32_t tag) {
   return tag == 0 ? std::string("raw bytes (send_bytes)") : fmt::format("type tag {:#010x}", tag);
 }
 
-[[noreturn]] void throw_peer_closed(const std::system_error& e) {
+[[noreturn]] void throw_peer_closed(const OSError& e) {
   throw ConnectionClosed(fmt::format("peer closed: {}", e.what()));
 }
 
-bool is_peer_gone(const std::system_error& e) {
+bool is_peer_gone(const OSError& e) {
   return e.code() == std::errc::broken_pipe || e.code() == std::errc::connection_reset;
 }
 
 void check_range(std::size_t total, std::size_t offset, std::optional<std::size_t> size,
                  const char* op) {
   if (offset > total)
-    throw std::out_of_range(fmt::format("{}: offset {} is past the buffer's end ({} bytes)", op, offset, total));
+    throw ValueError(fmt::format("{}: offset {} is past the buffer's end ({} bytes)", op, offset, total));
   if (size && *size > total - offset)
-    throw std::out_of_range(
+    throw ValueError(
         fmt::format("{}: offset {} + size {} is past the buffer's end ({} bytes)", op, offset, *size, total));
 }
 
@@ -170,7 +170,7 @@ void Connection::require_open(const char* op, bool want_read) const {
 void Connection::write_frame(const std::byte* data, std::size_t n) {
   try {
     sys::write_all(fd_, data, n, socket_);
-  } catch (const std::system_error& e) {
+  } catch (const OSError& e) {
     if (is_peer_gone(e)) throw_peer_closed(e);
     throw;
   }
@@ -187,7 +187,7 @@ void Connection::send_bulk(std::uint32_t tag, std::span<const std::span<const st
   std::memcpy(header + 8, &h.length, 8);
   try {
     sys::send_with_fds(fd_, header, kHeaderSize, std::span<const int>(&slab, 1));
-  } catch (const std::system_error& e) {
+  } catch (const OSError& e) {
     if (is_peer_gone(e)) throw_peer_closed(e);
     throw;
   }
@@ -526,7 +526,7 @@ Bytes Connection::recv_bytes(std::error_code& ec) noexcept {
     ec = std::make_error_code(std::errc::message_size);
   } catch (const ProtocolError&) {
     ec = std::make_error_code(std::errc::bad_message);
-  } catch (const std::system_error& e) {
+  } catch (const OSError& e) {
     ec = e.code();
   } catch (const std::bad_alloc&) {
     ec = std::make_error_code(std::errc::not_enough_memory);

@@ -89,7 +89,7 @@ void serve_request(int cmd_fd, int sig_fd, std::unordered_map<pid_t, int>& statu
     sys::UniqueFd pidfd = sys::pidfd_open(pid);
     int fd = pidfd.get();
     sys::send_with_fds(status.get(), &reply, sizeof reply, std::span<const int>(&fd, 1));
-  } catch (const std::system_error&) {
+  } catch (const OSError&) {
     // The client is gone; its child still gets reaped below.
   }
   status_fds[pid] = status.release();
@@ -158,7 +158,7 @@ void forkserver_main(int cmd_fd, pid_t owner) {
       std::size_t n = 0;
       try {
         n = sys::recv_with_fds(cmd_fd, &tag, 1, fds, nfds);
-      } catch (const std::system_error&) {
+      } catch (const OSError&) {
         ::_exit(73);
       }
       if (n == 0) break;  // the owner closed its end: it exited
@@ -215,7 +215,7 @@ std::pair<bool, std::uint64_t> send_request(std::span<const int> fds) {
   if (g_cmd_fd.load() < 0) start_server(!have_argv());
   try {
     sys::send_with_fds(g_cmd_fd.load(), "S", 1, fds);
-  } catch (const std::system_error&) {
+  } catch (const OSError&) {
     return {false, g_generation};
   }
   return {true, g_generation};

@@ -372,7 +372,7 @@ void serve(Listener& listener, ServerConfig config) {
     Connection conn;
     try {
       conn = listener.accept_unauthenticated();
-    } catch (const std::system_error&) {  // EMFILE and the like: back off, keep serving
+    } catch (const OSError&) {  // EMFILE and the like: back off, keep serving
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
       continue;
     }

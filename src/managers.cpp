@@ -85,7 +85,7 @@ Connection take(Endpoint& ep) {
   }
   try {
     return Client(ep.address, ep.authkey);
-  } catch (const std::system_error& e) {
+  } catch (const OSError& e) {
     throw ConnectionClosed(fmt::format("manager at {} is unreachable: {}", ep.address.to_string(), e.what()));
   }
 }

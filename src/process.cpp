@@ -125,7 +125,7 @@ void start_exec(ProcessState& s, sys::UniqueFd child_ctrl) {
   }
   try {
     write_launch(s.ctrl.get(), msg, fds);
-  } catch (const std::system_error&) {
+  } catch (const OSError&) {
     // The child died before reading its target; its exit code tells.
   }
 }

@@ -239,7 +239,7 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
         wait_for_task(conn, fds, checks);
         for (auto& t : conn.recv<TaskBatch>().tasks) queue.push_back(std::move(t));
       } catch (const std::exception& e) {
-        // EOF or an error (EBADF: std::system_error) where the tasks come
+        // EOF or an error (EBADF: OSError) where the tasks come
         // from: the pool is gone, or a task (whose result went out) broke
         // the socket.
         if (std::string damage = fds.damage(); !damage.empty())

@@ -81,7 +81,7 @@ TEST(Listener, TcpIPv6) {
   std::optional<Listener> l;
   try {
     l.emplace(Address::tcp("::1", 0), kKey);
-  } catch (const std::system_error& e) {
+  } catch (const mproc::OSError& e) {
     GTEST_SKIP() << "no IPv6 loopback here: " << e.what();
   }
   EXPECT_EQ(l->address().to_string().rfind("tcp://[::1]:", 0), 0u);
@@ -188,13 +188,13 @@ TEST(Listener, NothingListeningIsASystemError) {
     Listener l(Address::tcp("127.0.0.1", 0), kKey);
     a = l.address();
   }
-  EXPECT_THROW(Client(a, kKey), std::system_error);
-  EXPECT_THROW(Client(Address::unix_socket(temp_socket_path()), kKey), std::system_error);
+  EXPECT_THROW(Client(a, kKey), mproc::OSError);
+  EXPECT_THROW(Client(Address::unix_socket(temp_socket_path()), kKey), mproc::OSError);
 }
 
 TEST(Listener, PortInUseIsASystemError) {
   Listener l(Address::tcp("127.0.0.1", 0), kKey);
-  EXPECT_THROW(Listener(l.address(), kKey), std::system_error);
+  EXPECT_THROW(Listener(l.address(), kKey), mproc::OSError);
 }
 
 TEST(Address, ParseAndPrint) {

@@ -99,19 +99,19 @@ TEST(Log, LifecycleEventsNameThePidAndTheTask) {
   EXPECT_NE(text.find("[INFO/MainProcess " + me + "] before the pool\n"), std::string::npos) << text;
   EXPECT_EQ(text.find("dropped"), std::string::npos) << text;
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(text, m, std::regex(R"(worker PoolWorker-1 started \(pid (\d+)\))"))) << text;
+  ASSERT_TRUE(std::regex_search(text, m, std::regex(R"(worker ExecutorWorker-1 started \(pid (\d+)\))"))) << text;
   const std::string first = m[1];
   EXPECT_NE(text.find("task " + std::to_string(ids.ok) + " sent to worker pid " + first), std::string::npos) << text;
   EXPECT_NE(text.find("task " + std::to_string(ids.ok) + " ended (ok) on worker pid " + first), std::string::npos)
       << text;
-  EXPECT_NE(text.find("[WARNING/MainProcess " + me + "] pool PoolWorker: worker pid " + first +
+  EXPECT_NE(text.find("[WARNING/MainProcess " + me + "] pool ExecutorWorker: worker pid " + first +
                       " crashed with signal 6 (SIGABRT) while running task " + std::to_string(ids.crashed)),
             std::string::npos)
       << text;
   EXPECT_TRUE(std::regex_search(text, std::regex("task " + std::to_string(ids.timed_out) +
                                                  R"( timed out after 100 ms on worker pid \d+; killing the worker)")))
       << text;
-  EXPECT_TRUE(std::regex_search(text, std::regex(R"(worker PoolWorker-2 started \(pid \d+\), a replacement)"))) << text;
+  EXPECT_TRUE(std::regex_search(text, std::regex(R"(worker ExecutorWorker-2 started \(pid \d+\), a replacement)"))) << text;
 }
 
 // The environment switch is read when the library loads: a fresh copy of
@@ -134,7 +134,7 @@ TEST(Log, EnvironmentSwitchTurnsItOnWithoutCode) {
   const std::string text = read_file(err);
   std::remove(err.c_str());
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << text;
-  EXPECT_TRUE(std::regex_search(text, std::regex(R"(\[DEBUG/MainProcess \d+\] pool PoolWorker: task \d+ sent)"))) << text;
+  EXPECT_TRUE(std::regex_search(text, std::regex(R"(\[DEBUG/MainProcess \d+\] pool ExecutorWorker: task \d+ sent)"))) << text;
   EXPECT_NE(text.find("crashed with signal 6 (SIGABRT)"), std::string::npos) << text;
 }
 
@@ -162,7 +162,7 @@ TEST(Trace, SpansMatchTheTasksRun) {
   EXPECT_EQ(outcome[ids.timed_out], "timed out");
   // Each span sits in the lane of a worker the trace names.
   for (auto& [id, tid] : lane)
-    EXPECT_NE(text.find(R"("tid":)" + tid + R"(,"args":{"name":"PoolWorker-)"), std::string::npos) << "task " << id;
+    EXPECT_NE(text.find(R"("tid":)" + tid + R"(,"args":{"name":"ExecutorWorker-)"), std::string::npos) << "task " << id;
   EXPECT_NE(text.find(R"J("name":"crashed: signal 6 (SIGABRT)")J"), std::string::npos) << text;
   EXPECT_NE(text.find(R"("name":"timeout: task )" + std::to_string(ids.timed_out)), std::string::npos) << text;
 }

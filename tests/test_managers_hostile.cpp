@@ -126,7 +126,7 @@ TEST_F(ManagerHostile, AnotherUserCannotReachTheManager) {
               try {
                 (void)mproc::detail::connect_unauthenticated(mproc::Address::unix_socket(path));
                 return 1;
-              } catch (const std::system_error& e) {
+              } catch (const mproc::OSError& e) {
                 return e.code().value() == EACCES ? 0 : 2;
               }
             }),

@@ -27,7 +27,7 @@
 // - recv<T>() of a message of another type: TypeMismatch; stays pending;
 // - recv/send/poll on a closed connection or in a direction the connection
 //   does not have: mproc::Error ("recv on a write-only connection");
-// - offset/size outside the given buffer: std::out_of_range.
+// - offset/size outside the given buffer: ValueError.
 // A Connection is not thread-safe (as in Python): one reader and one writer at
 // a time, or a lock around it.
 //
@@ -156,7 +156,7 @@ class Connection {
   // every start method: inherited under fork, passed as a file descriptor
   // (SCM_RIGHTS) under spawn and forkserver. Only as a target argument.
   void save(OutputArchive& ar) const {
-    if (has_pending()) throw std::logic_error("mproc::Connection: cannot hand over a connection holding unread data");
+    if (has_pending()) throw ValueError("mproc::Connection: cannot hand over a connection holding unread data");
     ar(ar.attach_fd(fd_, "mproc::Connection"), readable_, writable_);
   }
   void load(InputArchive& ar);

@@ -70,7 +70,7 @@ inline constexpr std::chrono::seconds kHandshakeDeadline{3};
 class Listener {
  public:
   Listener();
-  // Binds and listens. Throws std::system_error (EADDRINUSE, ...) or
+  // Binds and listens. Throws OSError (EADDRINUSE, ...) or
   // ValueError for a malformed address.
   Listener(Address address, std::string authkey, int backlog = 128);
   // A private Unix socket (see above).
@@ -110,7 +110,7 @@ class Listener {
   std::vector<std::unique_ptr<PendingHandshake>> pending_;  // see accept()
 };
 
-// Connects and authenticates. Throws std::system_error when nothing listens
+// Connects and authenticates. Throws OSError when nothing listens
 // there (ECONNREFUSED, ENOENT), AuthenticationError on a wrong key.
 Connection Client(const Address& address, const std::string& authkey);
 

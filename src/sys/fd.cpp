@@ -1,5 +1,7 @@
 #include "sys/fd.hpp"
 
+#include "mproc/errors.hpp"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -17,7 +19,7 @@ namespace mproc::sys {
 
 void throw_errno(const char* call) { throw_errno(call, errno); }
 void throw_errno(const char* call, int err) {
-  throw std::system_error(err, std::generic_category(), call);
+  throw OSError(err, call);
 }
 
 void UniqueFd::reset(int fd) noexcept {
@@ -153,7 +155,7 @@ void send_with_fds(int sock, const void* data, std::size_t n, std::span<const in
   for (;;) {
     ssize_t r = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
     if (r >= 0) {
-      if (static_cast<std::size_t>(r) != n) throw std::system_error(EMSGSIZE, std::generic_category(), "sendmsg (short)");
+      if (static_cast<std::size_t>(r) != n) throw OSError(EMSGSIZE, "sendmsg (short)");
       return;
     }
     if (errno != EINTR) throw_errno("sendmsg");

@@ -1,5 +1,5 @@
 // sys layer (internal): owned file descriptors and the few syscalls wrapped
-// around them. Every failing syscall becomes std::system_error naming the call.
+// around them. Every failing syscall becomes mproc::OSError naming the call.
 #pragma once
 #include <chrono>
 #include <cstddef>

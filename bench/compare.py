@@ -603,6 +603,13 @@ machine of the same kind; quote ratios only from one run like this one.
     if draw_chart(rows, chart):
         doc = doc.replace("## mproc vs CPython vs the floor\n",
                           "## mproc vs CPython vs the floor\n\n![CPython/mproc per workload](benchmarks.png)\n", 1)
+    # Hand-written remarks on the latest run (docs/benchmarks-notes.md) are
+    # kept across runs, after the generated tables.
+    notes = os.path.join(ROOT, "docs", "benchmarks-notes.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            doc = doc.replace("## Reproduce\n", "## Notes (docs/benchmarks-notes.md, by hand)\n\n" + f.read().strip() +
+                              "\n\n## Reproduce\n", 1)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(doc)

@@ -4,12 +4,22 @@
 // (CPython's Pool hangs on the segfault for good, gh-66587; its
 // ProcessPoolExecutor turns wholly broken with BrokenProcessPool.)
 //
-//   ./bad_batch        exit code 0 only for 18 results, 1 crash, 1 timeout
+// The pool's log goes to stderr from warnings up (mproc::log_to_stderr:
+// the crash with its signal, the timeout), and its task timeline to
+// bad_batch_trace.json in the temp directory: load it in ui.perfetto.dev or
+// chrome://tracing to see a lane per worker and a span per task.
+//
+//   ./bad_batch [trace.json]   exit code 0 only for 18 results, 1 crash, 1 timeout
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
 #include <cstdio>
 #include <exception>
+#include <memory>
 #include <vector>
 
+#include "mproc/log.hpp"
 #include "mproc/mproc.hpp"
 
 namespace {
@@ -40,12 +50,16 @@ long process_record(int i) {
 int main(int argc, char** argv) {
   mproc::init(argc, argv);
   using namespace std::chrono_literals;
-  mproc::ProcessPoolExecutor pool({.max_workers = 2, .task_timeout = 1500ms});
-  std::printf("a batch of %d records on %u workers, each task under a 1.5 s deadline\n", kTasks, pool.max_workers());
+  mproc::log_to_stderr(mproc::LogLevel::warning);
+  const std::string trace = argc > 1 ? argv[1] : (std::filesystem::temp_directory_path() / "bad_batch_trace.json").string();
+  std::fflush(stdout);
+  auto pool = std::make_unique<mproc::ProcessPoolExecutor>(
+      mproc::PoolOptions{.max_workers = 2, .task_timeout = 1500ms, .trace_file = trace});
+  std::printf("a batch of %d records on %u workers, each task under a 1.5 s deadline\n", kTasks, pool->max_workers());
 
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<mproc::Future<long>> futures;
-  for (int i = 0; i < kTasks; ++i) futures.push_back(pool.submit(process_record, i));
+  for (int i = 0; i < kTasks; ++i) futures.push_back(pool->submit(process_record, i));
 
   int ok = 0, crashed = 0, timed_out = 0, other = 0;
   for (int i = 0; i < kTasks; ++i) {
@@ -73,12 +87,18 @@ int main(int argc, char** argv) {
 
   // The same pool serves on: a short per-submit deadline, then a second batch.
   std::vector<mproc::Future<long>> again;
-  for (int i = 0; i < 4; ++i) again.push_back(pool.submit(mproc::SubmitOptions{.timeout = 5s}, process_record, i));
+  for (int i = 0; i < 4; ++i) again.push_back(pool->submit(mproc::SubmitOptions{.timeout = 5s}, process_record, i));
   bool serves = true;
   for (int i = 0; i < 4; ++i) serves = serves && again[i].get() == checksum(i + 1);
   std::printf("  afterwards the pool still serves: %s; %zu workers replaced; workers now:",
-              serves ? "4 of 4 new tasks done" : "NO", pool.respawns());
-  for (pid_t pid : pool.worker_pids()) std::printf(" %d", static_cast<int>(pid));
+              serves ? "4 of 4 new tasks done" : "NO", pool->respawns());
+  for (pid_t pid : pool->worker_pids()) std::printf(" %d", static_cast<int>(pid));
   std::printf("\n");
+  pool.reset();  // the trace is complete once the pool has stopped
+  std::ifstream in(trace);
+  std::string line;
+  int spans = 0;
+  while (std::getline(in, line)) spans += line.find("\"ph\":\"X\"") != std::string::npos;
+  std::printf("  task timeline: %d task spans in %s (open it in ui.perfetto.dev)\n", spans, trace.c_str());
   return ok == 18 && crashed == 1 && timed_out == 1 && other == 0 && serves ? 0 : 1;
 }

@@ -5,6 +5,7 @@
 #include "mproc/errors.hpp"
 #include "mproc/function_ref.hpp"
 #include "mproc/listener.hpp"
+#include "mproc/log.hpp"
 #include "mproc/managers.hpp"
 #include "mproc/process.hpp"
 #include "mproc/serialize.hpp"

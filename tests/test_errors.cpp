@@ -7,7 +7,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <string>
 
 #include "mproc/connection.hpp"
@@ -20,7 +19,17 @@ namespace {
 
 TEST(Errors, NoStdExceptionIsThrownByTheLibrary) {
   const fs::path root = fs::path(MPROC_SOURCE_DIR);
-  const std::regex bare(R"(throw\s+std::)");
+  // "throw std::" with any blanks between (std::regex is avoided: GCC's
+  // -Wmaybe-uninitialized misfires on it in the sanitizer builds).
+  auto throws_std = [](const std::string& line) {
+    for (std::size_t at = line.find("throw"); at != std::string::npos; at = line.find("throw", at + 1)) {
+      std::size_t i = at + 5;
+      if (i >= line.size() || (line[i] != ' ' && line[i] != '\t')) continue;
+      while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+      if (line.compare(i, 5, "std::") == 0) return true;
+    }
+    return false;
+  };
   std::size_t files = 0;
   for (const char* dir : {"src", "include"}) {
     for (auto& e : fs::recursive_directory_iterator(root / dir)) {
@@ -31,7 +40,7 @@ TEST(Errors, NoStdExceptionIsThrownByTheLibrary) {
       std::ifstream in(e.path());
       std::string line;
       for (int n = 1; std::getline(in, line); ++n)
-        EXPECT_FALSE(std::regex_search(line, bare)) << e.path().string() << ":" << n << ": " << line;
+        EXPECT_FALSE(throws_std(line)) << e.path().string() << ":" << n << ": " << line;
     }
   }
   EXPECT_GT(files, 40u) << "the sources were not found under " << root;

@@ -305,3 +305,27 @@ TEST(FuturesWait, TimeoutReturnsWhatIsDone) {
   write_file(dir.file("gate"), "x");
   EXPECT_EQ(fs[1].get(), 1);
 }
+
+// Mirrors CPython's AsCompletedTests.test_duplicate_futures (bpo-20367): a
+// future given twice is yielded once, and wait() counts it once.
+TEST(FuturesParity, AsCompletedTests_test_duplicate_futures) {
+  ProcessPoolExecutor ex(1);
+  auto a = ex.submit(square, 3);
+  auto b = ex.submit(square, 4);
+  std::vector<Future<int>> given{a, b, a, a, b};
+  std::vector<int> got;
+  for (const auto& f : mproc::as_completed(given)) got.push_back(f.get());
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, (std::vector<int>{9, 16}));
+  auto r = mproc::wait(given);
+  EXPECT_EQ(r.done.size(), 2u);
+  EXPECT_TRUE(r.not_done.empty());
+}
+
+// A string literal argument travels as a std::string, as Python's str.
+std::size_t length_of(std::string s) { return s.size(); }
+TEST(FuturesParity, StringLiteralArgumentsDecayToStdString) {
+  ProcessPoolExecutor ex(1);
+  EXPECT_EQ(ex.submit(length_of, "hello").get(), 5u);
+  EXPECT_EQ(ex.submit(mproc::SubmitOptions{.timeout = std::chrono::seconds(60)}, length_of, "John Doe").get(), 8u);
+}

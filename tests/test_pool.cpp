@@ -346,3 +346,29 @@ TEST(PoolParity, TestPool_test_join_requires_close_or_terminate) {
   EXPECT_THROW(p.apply_async(square, 4), mproc::ValueError);
   p.join();
 }
+
+// Mirrors CPython's _TestPool.test_imap_handle_iterable_exception: an input
+// that throws at item 3 yields the results of items 0..2 first, then the
+// input's exception, for every chunk size.
+struct SayWhenError : std::runtime_error {
+  SayWhenError() : std::runtime_error("Somebody said when") {}
+};
+TEST(PoolParity, TestPool_test_imap_handle_iterable_exception) {
+  Pool p(PoolOptions{.max_workers = 2, .start_method = mproc::StartMethod::fork});
+  for (std::size_t chunksize : {1u, 2u, 5u}) {
+    auto throwing = std::views::iota(0, 10) | std::views::transform([](int i) {
+                      if (i == 3) throw SayWhenError();
+                      return i;
+                    });
+    auto it = p.imap(square, throwing, chunksize);
+    std::vector<int> got;
+    EXPECT_THROW(
+        {
+          for (auto r = it.next(); r; r = it.next()) got.push_back(*r);
+        },
+        SayWhenError)
+        << "chunksize " << chunksize;
+    EXPECT_EQ(got, (std::vector<int>{0, 1, 4})) << "chunksize " << chunksize;
+  }
+  EXPECT_EQ(p.apply(square, 5), 25) << "the pool serves on";
+}

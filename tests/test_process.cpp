@@ -110,6 +110,16 @@ TEST_P(ProcessByMethod, SerializableFunctionObject) {
   EXPECT_EQ(p.exitcode(), 42);
 }
 
+// A string literal argument is a std::string in the child, under every start
+// method (it used to be a raw pointer, which cannot cross an exec).
+void exit_with_length(std::string s) { ::_exit(static_cast<int>(s.size())); }
+TEST_P(ProcessByMethod, StringLiteralArgumentArrivesAsAString) {
+  Process p(with(GetParam()), exit_with_length, "John Doe");
+  p.start();
+  ASSERT_TRUE(p.join(std::chrono::seconds(60)));
+  EXPECT_EQ(p.exitcode(), 8);
+}
+
 TEST_P(ProcessByMethod, ExceptionCrossesAsRemoteError) {
   Process p(with(GetParam()), throw_out_of_range, std::string("index 9 past the end"));
   p.start();

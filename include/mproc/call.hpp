@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 #include <span>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -29,6 +30,17 @@ inline constexpr bool is_serializable_fn_v = std::is_class_v<F> && !is_stateless
                                              is_serializable_v<F> && std::is_default_constructible_v<F>;
 template <class A>
 inline constexpr bool is_sendable_v = is_serializable_v<A> && std::is_default_constructible_v<A>;
+}  // namespace detail
+
+namespace detail {
+// What an argument travels as: its decayed type, except that a string
+// literal (any char array) becomes a std::string, as Python's str; its
+// pointer could not cross to another process.
+template <class A>
+using task_arg_t =
+    std::conditional_t<std::is_array_v<std::remove_reference_t<A>> &&
+                           std::is_same_v<std::remove_cv_t<std::remove_extent_t<std::remove_reference_t<A>>>, char>,
+                       std::string, std::decay_t<A>>;
 }  // namespace detail
 
 // A target that can run in another process image (spawn, forkserver, pool

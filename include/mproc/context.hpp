@@ -71,7 +71,7 @@ class StaticContext {
   static constexpr StartMethod start_method() noexcept { return M; }
   template <class F, class... A>
   Process process(F&& target, A&&... args) const {
-    static_assert(M == StartMethod::fork || Remotable<std::decay_t<F>, std::decay_t<A>...>,
+    static_assert(M == StartMethod::fork || Remotable<std::decay_t<F>, detail::task_arg_t<A>...>,
                   "mproc: under spawn/forkserver the target must be a function, a captureless "
                   "lambda or a serializable function object, with serializable arguments");
     return Context(M).process(std::forward<F>(target), std::forward<A>(args)...);

@@ -25,7 +25,7 @@ namespace mproc {
 // `PoolOptions{.initializer = mproc::call(setup, "db.sqlite")}`.
 template <class F, class... A>
 detail::Call call(F&& fn, A&&... args) {
-  return detail::make_call<std::decay_t<F>, std::decay_t<A>...>(fn, args...);
+  return detail::make_call<std::decay_t<F>, detail::task_arg_t<A>...>(fn, args...);
 }
 
 struct PoolOptions {
@@ -125,8 +125,8 @@ class ProcessPoolExecutor {
   }
   template <class F, class... A>
   auto submit(SubmitOptions options, F&& fn, A&&... args) {
-    using R = detail::call_result_t<std::decay_t<F>, std::decay_t<A>...>;
-    auto call = detail::make_call<std::decay_t<F>, std::decay_t<A>...>(fn, args...);
+    using R = detail::call_result_t<std::decay_t<F>, detail::task_arg_t<A>...>;
+    auto call = detail::make_call<std::decay_t<F>, detail::task_arg_t<A>...>(fn, args...);
     return Future<R>(engine_.submit(std::move(call), options.timeout));
   }
 

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "mproc/detail/future_core.hpp"
@@ -177,9 +178,24 @@ class CompletionQueue {
 }  // namespace detail
 
 // concurrent.futures.wait.
+namespace detail {
+// Python's wait() and as_completed() take a set: a future given twice counts once.
 template <class R>
-WaitResult<R> wait(const std::vector<Future<R>>& futures, ReturnWhen when = ALL_COMPLETED,
+std::vector<Future<R>> unique_futures(std::vector<Future<R>> futures) {
+  std::unordered_set<const void*> seen;
+  seen.reserve(futures.size());
+  std::vector<Future<R>> out;
+  out.reserve(futures.size());
+  for (auto& f : futures)
+    if (seen.insert(FutureAccess::core(f).identity()).second) out.push_back(std::move(f));
+  return out;
+}
+}  // namespace detail
+
+template <class R>
+WaitResult<R> wait(const std::vector<Future<R>>& given, ReturnWhen when = ALL_COMPLETED,
                    Timeout timeout = std::nullopt) {
+  const std::vector<Future<R>> futures = detail::unique_futures(given);
   auto q = std::make_shared<detail::CompletionQueue>();
   for (std::size_t i = 0; i < futures.size(); ++i) detail::FutureAccess::core(futures[i]).add_callback([q, i] { q->push(i); });
   const auto deadline = detail::deadline_after(timeout);
@@ -204,7 +220,7 @@ template <class R>
 class AsCompleted {
  public:
   AsCompleted(std::vector<Future<R>> futures, Timeout timeout)
-      : futures_(std::move(futures)), q_(std::make_shared<detail::CompletionQueue>()),
+      : futures_(detail::unique_futures(std::move(futures))), q_(std::make_shared<detail::CompletionQueue>()),
         deadline_(detail::deadline_after(timeout)) {
     for (std::size_t i = 0; i < futures_.size(); ++i) detail::FutureAccess::core(futures_[i]).add_callback([q = q_, i] { q->push(i); });
   }

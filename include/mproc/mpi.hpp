@@ -165,8 +165,8 @@ class PoolExecutor {
 
   template <class F, class... A>
   auto submit(F&& fn, A&&... args) {
-    using R = mproc::detail::call_result_t<std::decay_t<F>, std::decay_t<A>...>;
-    auto call = mproc::detail::make_call<std::decay_t<F>, std::decay_t<A>...>(fn, args...);
+    using R = mproc::detail::call_result_t<std::decay_t<F>, mproc::detail::task_arg_t<A>...>;
+    auto call = mproc::detail::make_call<std::decay_t<F>, mproc::detail::task_arg_t<A>...>(fn, args...);
     return Future<R>(engine_.submit(std::move(call)));
   }
 

@@ -7,6 +7,7 @@
 #pragma once
 #include <atomic>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <ranges>
@@ -135,7 +136,12 @@ class IMap {
   std::optional<R> next(Timeout timeout = std::nullopt) {
     while (out_.empty()) {
       refill();
-      if (inflight_.empty()) return std::nullopt;
+      if (inflight_.empty()) {
+        // The input threw at item k: the results before k came out first,
+        // then its exception, as Python's imap (bpo-28699).
+        if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
+        return std::nullopt;
+      }
       auto pos = inflight_.begin();
       if constexpr (!Ordered) {
         auto i = done_->pop(detail::deadline_after(timeout));
@@ -180,9 +186,15 @@ class IMap {
   }
   void refill() {
     std::vector<Item> buf;
-    while (inflight_.size() < window_ && it_ != std::ranges::end(items_)) {
+    while (!input_failed_ && inflight_.size() < window_ && it_ != std::ranges::end(items_)) {
       buf.clear();
-      for (; it_ != std::ranges::end(items_) && buf.size() < chunksize_; ++it_) buf.push_back(*it_);
+      try {
+        for (; it_ != std::ranges::end(items_) && buf.size() < chunksize_; ++it_) buf.push_back(*it_);
+      } catch (...) {  // the items read before it still run
+        input_error_ = std::current_exception();
+        input_failed_ = true;
+        if (buf.empty()) break;
+      }
       Future<std::vector<R>> f(engine_->submit(detail::make_chunk_call<F, Item, false>(fn_, buf.begin(), buf.end())));
       const std::size_t index = next_index_++;
       if constexpr (!Ordered) detail::FutureAccess::core(f).add_callback([q = done_, index] { q->push(index); });
@@ -199,6 +211,8 @@ class IMap {
   std::deque<R> out_;
   std::size_t next_index_ = 0;
   std::shared_ptr<detail::CompletionQueue> done_;
+  std::exception_ptr input_error_;  // what reading the input threw; raised after the results before it
+  bool input_failed_ = false;       // the input is not read again
 };
 
 class Pool {
@@ -246,8 +260,8 @@ class Pool {
   }
   template <class F, class... A>
   auto apply_async(F&& fn, A&&... args) {
-    using R = detail::call_result_t<std::decay_t<F>, std::decay_t<A>...>;
-    auto core = engine_.submit(detail::make_call<std::decay_t<F>, std::decay_t<A>...>(fn, args...));
+    using R = detail::call_result_t<std::decay_t<F>, detail::task_arg_t<A>...>;
+    auto core = engine_.submit(detail::make_call<std::decay_t<F>, detail::task_arg_t<A>...>(fn, args...));
     return AsyncResult<R>({core}, [core]() -> R {
       if constexpr (!std::is_void_v<R>) return from_bytes<R>(core.result_bytes());
     });

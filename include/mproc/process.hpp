@@ -93,27 +93,38 @@ struct Target {
   std::function<void(FunctionRef&, Bytes&, std::vector<int>&)> encode;
 };
 
-template <class F, class... A>
-Target make_target(F&& f, A&&... args) {
-  using Fn = std::decay_t<F>;
-  auto state = std::make_shared<std::tuple<Fn, std::decay_t<A>...>>(std::forward<F>(f), std::forward<A>(args)...);
+// S...: what the arguments are stored and sent as (make_target chooses).
+template <class Fn, class... S, class F, class... A>
+Target make_target_as(std::type_identity<std::tuple<S...>>, F&& f, A&&... args) {
+  auto state = std::make_shared<std::tuple<Fn, S...>>(std::forward<F>(f), std::forward<A>(args)...);
   Target t;
   t.local = [state] {
     std::apply([](auto& fn, auto&... a) { std::invoke(fn, std::move(a)...); }, *state);
   };
-  if constexpr (Remotable<Fn, std::decay_t<A>...>) {
+  if constexpr (Remotable<Fn, S...>) {
     t.encode = [state](FunctionRef& entry, Bytes& payload, std::vector<int>& fds) {
-      entry = entry_ref<&remote_entry<Fn, std::decay_t<A>...>>();
+      entry = entry_ref<&remote_entry<Fn, S...>>();
       OutputArchive ar(payload, &fds);
       std::apply(
           [&](const Fn& fn, const auto&... a) {
             save_callable(ar, fn);
-            ar(std::tie(a...));  // read back as std::tuple<A...>
+            ar(std::tie(a...));  // read back as std::tuple<S...>
           },
           *state);
     };
   }
   return t;
+}
+
+// A string literal argument is kept as a std::string (it can then cross to
+// any start method), unless the target takes it only as a pointer, which a
+// fork child can still use.
+template <class F, class... A>
+Target make_target(F&& f, A&&... args) {
+  using Fn = std::decay_t<F>;
+  using Stored = std::conditional_t<std::is_invocable_v<Fn&, task_arg_t<A>...>, std::tuple<task_arg_t<A>...>,
+                                    std::tuple<std::decay_t<A>...>>;
+  return make_target_as<Fn>(std::type_identity<Stored>{}, std::forward<F>(f), std::forward<A>(args)...);
 }
 
 struct ProcessState;

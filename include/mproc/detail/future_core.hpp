@@ -47,6 +47,8 @@ class FutureCore {
   void add_callback(std::function<void()> cb) const;
 
   friend bool operator==(const FutureCore& a, const FutureCore& b) noexcept { return a.s_ == b.s_; }
+  // The same for every copy of one future (for de-duplicating sets of them).
+  const void* identity() const noexcept { return s_.get(); }
 
  private:
   TaskState& state() const;

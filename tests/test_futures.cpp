@@ -329,3 +329,32 @@ TEST(FuturesParity, StringLiteralArgumentsDecayToStdString) {
   EXPECT_EQ(ex.submit(length_of, "hello").get(), 5u);
   EXPECT_EQ(ex.submit(mproc::SubmitOptions{.timeout = std::chrono::seconds(60)}, length_of, "John Doe").get(), 8u);
 }
+
+// Python's futures are untyped, so CPython's WaitTests mix tasks of any
+// result; mproc's AnyFuture carries that: wait() and as_completed() over a
+// Future<int> and a Future<std::string> together.
+std::string word_of(int n) { return std::string(static_cast<std::size_t>(n), 'w'); }
+TEST(FuturesParity, WaitTests_test_all_completed_MixedResultTypes) {
+  ProcessPoolExecutor ex(2);
+  Future<int> a = ex.submit(square, 5);
+  Future<std::string> b = ex.submit(word_of, 3);
+  auto r = mproc::wait({a, b});
+  ASSERT_EQ(r.done.size(), 2u);
+  EXPECT_TRUE(r.not_done.empty());
+  EXPECT_TRUE(r.done[0] == a || r.done[1] == a);
+  EXPECT_TRUE(r.done[0] == b || r.done[1] == b);
+  EXPECT_EQ(a.get(), 25);
+  EXPECT_EQ(b.get(), "www");
+
+  Future<int> c = ex.submit(square, 6);
+  Future<std::string> d = ex.submit(word_of, 2);
+  std::size_t seen = 0;
+  for (const mproc::AnyFuture& f : mproc::as_completed({c, d, c})) {
+    EXPECT_TRUE(f.done());
+    EXPECT_FALSE(f.exception());
+    ++seen;
+  }
+  EXPECT_EQ(seen, 2u);  // c given twice counts once
+  EXPECT_EQ(c.get(), 36);
+  EXPECT_EQ(d.get(), "ww");
+}

@@ -94,6 +94,7 @@ class BrokenPool : public Error {
 
 template <class R>
 class Future;
+class AnyFuture;
 
 namespace detail {
 // How the library's templates (wait, as_completed, Pool) reach a Future's
@@ -103,6 +104,7 @@ struct FutureAccess {
   static const FutureCore& core(const Future<R>& f) noexcept {
     return f.core_;
   }
+  static const FutureCore& core(const AnyFuture& f) noexcept;
 };
 }  // namespace detail
 
@@ -152,15 +154,57 @@ class Future {
   detail::FutureCore core_;
 };
 
+// A future of any result type, for waiting on futures of different result
+// types together (Python's futures are untyped): `wait({fa, fb})` with a
+// Future<int> and a Future<std::string>. Everything but the value; take the
+// value from the typed Future it was made from (they compare equal).
+// Thread-safety: as Future, any member from any thread.
+class AnyFuture {
+ public:
+  AnyFuture() = default;
+  template <class R>
+  AnyFuture(const Future<R>& f) noexcept : core_(detail::FutureAccess::core(f)) {}  // NOLINT: implicit by design
+
+  bool valid() const noexcept { return core_.valid(); }
+  std::uint64_t id() const { return core_.id(); }
+  bool done() const { return core_.done(); }
+  bool running() const { return core_.running(); }
+  bool cancelled() const { return core_.cancelled(); }
+  bool cancel() { return core_.cancel(); }
+  void wait() const { core_.wait(); }
+  template <class Rep, class Period>
+  bool wait_for(std::chrono::duration<Rep, Period> d) const {
+    return core_.wait_until(std::chrono::steady_clock::now() + d);
+  }
+  // The task's error (null when it succeeded); TimeoutError if not done in time.
+  std::exception_ptr exception(Timeout timeout = std::nullopt) const {
+    return core_.exception(detail::deadline_after(timeout));
+  }
+  friend bool operator==(const AnyFuture& a, const AnyFuture& b) noexcept { return a.core_ == b.core_; }
+  template <class R>
+  friend bool operator==(const AnyFuture& a, const Future<R>& b) noexcept {
+    return a.core_ == detail::FutureAccess::core(b);
+  }
+
+ private:
+  friend struct detail::FutureAccess;
+  detail::FutureCore core_;
+};
+
+inline const detail::FutureCore& detail::FutureAccess::core(const AnyFuture& f) noexcept { return f.core_; }
+
 enum class ReturnWhen { FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED };
 inline constexpr ReturnWhen FIRST_COMPLETED = ReturnWhen::FIRST_COMPLETED;
 inline constexpr ReturnWhen FIRST_EXCEPTION = ReturnWhen::FIRST_EXCEPTION;
 inline constexpr ReturnWhen ALL_COMPLETED = ReturnWhen::ALL_COMPLETED;
 
-template <class R>
-struct WaitResult {
-  std::vector<Future<R>> done, not_done;
+// What wait() returns: F is Future<R> or AnyFuture.
+template <class F>
+struct WaitSets {
+  std::vector<F> done, not_done;
 };
+template <class R>
+using WaitResult = WaitSets<Future<R>>;
 
 namespace detail {
 // Collects completions of a set of tasks (callbacks push their index).
@@ -175,57 +219,63 @@ class CompletionQueue {
   std::condition_variable cv_;
   std::vector<std::size_t> ready_;
 };
-}  // namespace detail
 
-// concurrent.futures.wait.
-namespace detail {
 // Python's wait() and as_completed() take a set: a future given twice counts once.
-template <class R>
-std::vector<Future<R>> unique_futures(std::vector<Future<R>> futures) {
+template <class F>
+std::vector<F> unique_futures(std::vector<F> futures) {
   std::unordered_set<const void*> seen;
   seen.reserve(futures.size());
-  std::vector<Future<R>> out;
+  std::vector<F> out;
   out.reserve(futures.size());
   for (auto& f : futures)
     if (seen.insert(FutureAccess::core(f).identity()).second) out.push_back(std::move(f));
   return out;
 }
-}  // namespace detail
 
-template <class R>
-WaitResult<R> wait(const std::vector<Future<R>>& given, ReturnWhen when = ALL_COMPLETED,
-                   Timeout timeout = std::nullopt) {
-  const std::vector<Future<R>> futures = detail::unique_futures(given);
-  auto q = std::make_shared<detail::CompletionQueue>();
-  for (std::size_t i = 0; i < futures.size(); ++i) detail::FutureAccess::core(futures[i]).add_callback([q, i] { q->push(i); });
-  const auto deadline = detail::deadline_after(timeout);
-  std::vector<bool> finished(futures.size());
+template <class F>
+WaitSets<F> wait_for_set(const std::vector<F>& given, ReturnWhen when, Timeout timeout) {
+  const std::vector<F> futures = unique_futures(given);
+  auto q = std::make_shared<CompletionQueue>();
+  for (std::size_t i = 0; i < futures.size(); ++i) FutureAccess::core(futures[i]).add_callback([q, i] { q->push(i); });
+  const auto deadline = deadline_after(timeout);
   std::size_t count = 0;
   while (count < futures.size()) {
     auto i = q->pop(deadline);
     if (!i) break;
-    finished[*i] = true;
     ++count;
     if (when == FIRST_COMPLETED) break;
     if (when == FIRST_EXCEPTION && !futures[*i].cancelled() && futures[*i].exception()) break;
   }
-  WaitResult<R> out;
-  for (std::size_t i = 0; i < futures.size(); ++i) (futures[i].done() ? out.done : out.not_done).push_back(futures[i]);
+  WaitSets<F> out;
+  for (const auto& f : futures) (f.done() ? out.done : out.not_done).push_back(f);
   return out;
+}
+}  // namespace detail
+
+// concurrent.futures.wait.
+template <class R>
+WaitResult<R> wait(const std::vector<Future<R>>& futures, ReturnWhen when = ALL_COMPLETED,
+                   Timeout timeout = std::nullopt) {
+  return detail::wait_for_set(futures, when, timeout);
+}
+// Futures of different result types: wait({AnyFuture(fa), fb}) or a vector of AnyFuture.
+inline WaitSets<AnyFuture> wait(const std::vector<AnyFuture>& futures, ReturnWhen when = ALL_COMPLETED,
+                                Timeout timeout = std::nullopt) {
+  return detail::wait_for_set(futures, when, timeout);
 }
 
 // concurrent.futures.as_completed: the futures in the order they finish.
-// Iterating past `timeout` throws TimeoutError.
-template <class R>
-class AsCompleted {
+// Iterating past `timeout` throws TimeoutError. F is Future<R> or AnyFuture.
+template <class F>
+class AsCompletedSet {
  public:
-  AsCompleted(std::vector<Future<R>> futures, Timeout timeout)
+  AsCompletedSet(std::vector<F> futures, Timeout timeout)
       : futures_(detail::unique_futures(std::move(futures))), q_(std::make_shared<detail::CompletionQueue>()),
         deadline_(detail::deadline_after(timeout)) {
     for (std::size_t i = 0; i < futures_.size(); ++i) detail::FutureAccess::core(futures_[i]).add_callback([q = q_, i] { q->push(i); });
   }
   // The next finished future, or nullopt when all have been returned.
-  std::optional<Future<R>> next() {
+  std::optional<F> next() {
     if (returned_ == futures_.size()) return std::nullopt;
     auto i = q_->pop(deadline_);
     if (!i) throw TimeoutError("as_completed: " + std::to_string(futures_.size() - returned_) + " of " +
@@ -235,11 +285,11 @@ class AsCompleted {
   }
   class iterator {
    public:
-    using value_type = Future<R>;
+    using value_type = F;
     using difference_type = std::ptrdiff_t;
-    explicit iterator(AsCompleted* owner) : owner_(owner) { ++*this; }
+    explicit iterator(AsCompletedSet* owner) : owner_(owner) { ++*this; }
     iterator() = default;
-    const Future<R>& operator*() const { return *cur_; }
+    const F& operator*() const { return *cur_; }
     iterator& operator++() {
       cur_ = owner_->next();
       return *this;
@@ -247,22 +297,27 @@ class AsCompleted {
     bool operator==(const iterator& o) const { return !cur_ && !o.cur_; }
 
    private:
-    AsCompleted* owner_ = nullptr;
-    std::optional<Future<R>> cur_;
+    AsCompletedSet* owner_ = nullptr;
+    std::optional<F> cur_;
   };
   iterator begin() { return iterator(this); }
   iterator end() { return iterator(); }
 
  private:
-  std::vector<Future<R>> futures_;
+  std::vector<F> futures_;
   std::shared_ptr<detail::CompletionQueue> q_;
   std::chrono::steady_clock::time_point deadline_;
   std::size_t returned_ = 0;
 };
+template <class R>
+using AsCompleted = AsCompletedSet<Future<R>>;
 
 template <class R>
 AsCompleted<R> as_completed(std::vector<Future<R>> futures, Timeout timeout = std::nullopt) {
   return AsCompleted<R>(std::move(futures), timeout);
+}
+inline AsCompletedSet<AnyFuture> as_completed(std::vector<AnyFuture> futures, Timeout timeout = std::nullopt) {
+  return AsCompletedSet<AnyFuture>(std::move(futures), timeout);
 }
 
 }  // namespace mproc

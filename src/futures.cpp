@@ -37,13 +37,6 @@ TaskTimeout::TaskTimeout(std::uint64_t task, pid_t pid, std::chrono::nanoseconds
 
 namespace detail {
 
-std::chrono::steady_clock::time_point deadline_after(std::optional<std::chrono::nanoseconds> timeout) {
-  if (!timeout) return std::chrono::steady_clock::time_point::max();
-  auto now = std::chrono::steady_clock::now();
-  if (*timeout > std::chrono::steady_clock::time_point::max() - now) return std::chrono::steady_clock::time_point::max();
-  return now + *timeout;
-}
-
 bool TaskState::start_running() {
   TaskPhase expect = TaskPhase::pending;
   return phase.compare_exchange_strong(expect, TaskPhase::running);

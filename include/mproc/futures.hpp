@@ -19,10 +19,9 @@
 #include "mproc/detail/future_core.hpp"
 #include "mproc/errors.hpp"
 #include "mproc/serialize.hpp"
+#include "mproc/timeout.hpp"
 
 namespace mproc {
-
-using Timeout = std::optional<std::chrono::nanoseconds>;  // nullopt: forever
 
 // The worker running a task died (segfault, abort, exit(), SIGKILL, OOM).
 // Only that task fails; the worker is replaced.

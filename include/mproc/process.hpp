@@ -37,11 +37,9 @@
 #include "mproc/function_ref.hpp"
 #include "mproc/serialize.hpp"
 #include "mproc/shared_memory.hpp"
+#include "mproc/timeout.hpp"
 
 namespace mproc {
-
-// nullopt waits forever.
-using Timeout = std::optional<std::chrono::nanoseconds>;
 
 enum class StartMethod { fork, spawn, forkserver };
 std::string_view to_string(StartMethod m) noexcept;

@@ -7,6 +7,8 @@
 #include <span>
 #include <utility>
 
+#include "mproc/timeout.hpp"
+
 namespace mproc::sys {
 
 [[noreturn]] void throw_errno(const char* call);
@@ -39,7 +41,7 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-using Timeout = std::optional<std::chrono::nanoseconds>;  // nullopt: forever
+using mproc::Timeout;  // nullopt: forever (include/mproc/timeout.hpp)
 
 void set_cloexec(int fd, bool on);
 bool is_socket(int fd);

@@ -7,8 +7,11 @@
 #include <cstdint>
 #include <optional>
 
+#include "mproc/timeout.hpp"
+
 namespace mproc::sys {
 
+using mproc::Timeout;
 using Deadline = std::optional<std::chrono::steady_clock::time_point>;  // nullopt: forever
 
 // Sleeps while *word == expected, until woken or the deadline (absolute,
@@ -18,10 +21,11 @@ bool futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected, Deadli
 // Wakes up to n waiters (INT_MAX: all); returns how many were woken.
 int futex_wake(std::atomic<std::uint32_t>* word, int n);
 
-inline Deadline deadline_after(std::optional<std::chrono::nanoseconds> timeout) {
-  // A century is forever (and now + nanoseconds::max() would overflow).
-  if (!timeout || *timeout > std::chrono::hours(24 * 365 * 100)) return std::nullopt;
-  return std::chrono::steady_clock::now() + *timeout;
+// mproc's one timeout rule (detail::deadline_after), with "forever" as nullopt.
+inline Deadline deadline_after(Timeout timeout) {
+  const auto d = detail::deadline_after(timeout);
+  if (d == std::chrono::steady_clock::time_point::max()) return std::nullopt;
+  return d;
 }
 inline bool expired(const Deadline& d) { return d && std::chrono::steady_clock::now() >= *d; }
 // The earlier of d and now+slice: waits are cut into slices so that a waker

@@ -14,12 +14,12 @@
 #include <optional>
 #include <vector>
 
+#include "mproc/timeout.hpp"
+
 namespace mproc::detail {
 
 struct TaskState;  // src/task_state.hpp
 
-// now + timeout; time_point::max() for nullopt (forever) or an overflow.
-std::chrono::steady_clock::time_point deadline_after(std::optional<std::chrono::nanoseconds> timeout);
 
 class FutureCore {
  public:

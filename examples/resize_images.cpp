@@ -5,6 +5,7 @@
 //   resize_images            demo: generate sample photos, resize them in one
 //                            process and with Pool.map, then (if python3 has
 //                            Pillow) time examples/resize_images.py on them
+//   resize_images --check    the demo on 4 photos, without Python (a test)
 //
 // vips_thumbnail() is libvips' shrink-on-load path: a JPEG is decoded by
 // libjpeg-turbo at 1/2, 1/4 or 1/8 scale (DCT scaling) and only the rest is
@@ -152,14 +153,13 @@ std::string run_python(const fs::path& src, const fs::path& out, unsigned worker
   return text;
 }
 
-int demo() {
+int demo(int count, bool with_python) {
   char tmpl[] = "/tmp/mproc-images-XXXXXX";
   if (!::mkdtemp(tmpl)) return 1;
   const fs::path root = tmpl, src = root / "photos", out1 = root / "one", outn = root / "pool", outpy = root / "py";
   for (const auto& d : {src, out1, outn, outpy}) fs::create_directories(d);
-  constexpr int kCount = 16;
-  make_samples(src, kCount);
-  std::printf("%d sample photos (JPEG and PNG, about 1600x1200) -> 300x300, libvips shrink-on-load\n", kCount);
+  make_samples(src, count);
+  std::printf("%d sample photos (JPEG and PNG, about 1600x1200) -> 300x300, libvips shrink-on-load\n", count);
 
   auto t0 = std::chrono::steady_clock::now();
   for (auto& job : jobs_for(src, out1)) resize_one(job);
@@ -176,11 +176,12 @@ int demo() {
   for (const auto& e : fs::directory_iterator(outn))
     if (size_of(e.path()) == std::pair{kSide, kSide}) ++good;
   std::printf("  %d of %zu outputs are 300x300\n", good, outputs.size());
-  const std::string py = run_python(src, outpy, workers);
-  if (py.empty()) std::printf("  CPython + Pillow: not run (python3 without Pillow; apt-get install python3-pil)\n");
+  const std::string py = with_python ? run_python(src, outpy, workers) : "";
+  if (!with_python) std::printf("  CPython + Pillow: not run (--check)\n");
+  else if (py.empty()) std::printf("  CPython + Pillow: not run (python3 without Pillow; apt-get install python3-pil)\n");
   else std::printf("  CPython + Pillow:      %s", py.c_str());
   fs::remove_all(root);
-  return good == kCount && static_cast<int>(outputs.size()) == kCount ? 0 : 1;
+  return good == count && static_cast<int>(outputs.size()) == count ? 0 : 1;
 }
 
 }  // namespace
@@ -190,7 +191,8 @@ int main(int argc, char** argv) {
   // forked from a server started now, before libvips made any thread.
   mproc::init(argc, argv, {.start_method = mproc::StartMethod::forkserver});
   try {
-    if (argc < 3) return demo();
+    if (argc == 2 && std::string(argv[1]) == "--check") return demo(4, false);
+    if (argc < 3) return demo(16, true);
     fs::create_directories(argv[2]);
     const auto jobs = jobs_for(argv[1], argv[2]);
     const auto t0 = std::chrono::steady_clock::now();

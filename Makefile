@@ -5,7 +5,7 @@ JOBS  ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: deps configure build demo test bench package clean asan tsan
+.PHONY: deps configure build demo test bench package clean asan tsan docs header-size
 
 deps:
 	@./scripts/install-deps.sh
@@ -19,15 +19,29 @@ build: configure
 demo: build
 	@./$(BUILD)/examples/demo
 
-# The install check (README examples included), the fuzzers (manager,
+# The API reference (docs, its warnings are errors), the install check
+# (README examples included), the fuzzers (manager,
 # Connection frames, serializer) for FUZZ_SECONDS in all over their committed
 # corpora (clang, ASan + UBSan), then the tests.
-test: build
+test: build docs
 	@./scripts/check-consumer.sh $(BUILD)
 	@./scripts/fuzz.sh $(FUZZ_SECONDS) > $(BUILD)/fuzz.log 2>&1 \
 	  && echo "fuzz: $$(grep -E '^(== fuzz_|Done [0-9]+ runs)' $(BUILD)/fuzz.log | paste -sd ' ')" \
 	  || { tail -n 60 $(BUILD)/fuzz.log; echo "fuzz: FAILED (full log: $(BUILD)/fuzz.log)"; exit 1; }
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300
+
+# The API reference from the public headers' comments (Doxyfile; doxygen's
+# warnings are errors): $(BUILD)/docs/html/index.html. About 10 s of CPU.
+VERSION = $(shell sed -n 's/^project.mproc VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
+docs: deps
+	@rm -rf $(BUILD)/docs && mkdir -p $(BUILD)/docs
+	@MPROC_DOCS_DIR=$(BUILD)/docs MPROC_VERSION=$(VERSION) doxygen Doxyfile \
+	  && echo "docs: $(BUILD)/docs/html/index.html"
+
+# What including each public header costs (preprocessed lines, headers, CPU
+# time): docs/header-size.md. About a minute of CPU.
+header-size:
+	@python3 scripts/header-size.py --out docs/header-size.md
 
 # A Debian package of the library (libmproc-dev_<version>_<arch>.deb in $(BUILD)/).
 package: build

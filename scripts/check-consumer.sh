@@ -4,7 +4,7 @@
 # example of the README (each must compile and exit 0, as shown); then the same
 # program through pkg-config (no CMake), and through FetchContent (mproc's
 # source as a subproject: only the library is built, and configuring must not
-# need Google Benchmark or GoogleTest, nor stb, which only examples use: no
+# need Google Benchmark or GoogleTest, nor libvips, which only examples use: no
 # example target may exist there).
 set -euo pipefail
 build=${1:-build}
@@ -39,7 +39,7 @@ cmake -S "$root/tests/consumer/fetchcontent" -B "$scratch/fetch" -DMPROC_SOURCE_
       ${CMAKE_CXX_COMPILER_LAUNCHER:+-DCMAKE_CXX_COMPILER_LAUNCHER=$CMAKE_CXX_COMPILER_LAUNCHER} >/dev/null
 cmake --build "$scratch/fetch" -j "$(nproc)" >/dev/null
 "$scratch/fetch/consumer" >/dev/null
-echo "consumer check: FetchContent builds only the library, without benchmark, gtest or stb"
+echo "consumer check: FetchContent builds only the library, without benchmark, gtest or libvips"
 (cd "$build" && cpack -G DEB -B "$scratch/deb" >/dev/null)
 deb=$(ls "$scratch"/deb/*.deb)
 contents=$(dpkg-deb -c "$deb")

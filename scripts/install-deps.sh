@@ -6,7 +6,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libcereal-dev libfmt-dev libssl-dev
       libgtest-dev libgmock-dev libbenchmark-dev python3 procps
-      libstb-dev python3-pil gnuplot-nox libopenmpi-dev openmpi-bin
+      libvips-dev python3-pil gnuplot-nox libopenmpi-dev openmpi-bin doxygen
       clang libclang-rt-14-dev)  # clang: the libFuzzer targets (scripts/fuzz.sh)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -22,7 +22,7 @@
 // - A SharedMemory (or anything built on one: Value, Array, locks, queues)
 //   given to a Process target or a pool task travels as a handle, never as a
 //   copy of the data: a named one by name, an anonymous one as its fd (to a
-//   Process) or as /proc/<pid>/fd/<n> of a live holder (to a pool task,
+//   Process) or as `/proc/<pid>/fd/<n>` of a live holder (to a pool task,
 //   whose arguments carry no fds; the sender must keep it open until then).
 // - A handle decoded from a message never names a file (docs/security.md):
 //   a name is looked up only in this process's segment directory, opened

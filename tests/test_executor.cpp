@@ -305,3 +305,72 @@ TEST(ExecutorBasics, IdlePoolCostsNoCpu) {
   EXPECT_LT(used, 0.05) << "an idle pool used " << used << " CPU seconds in one second";
   EXPECT_EQ(ex.submit(square, 4).get(), 16);  // and it still serves at once
 }
+
+// ---- imap: Python's lazy Executor.map (test_concurrent_futures) ---------------
+
+// Mirrors CPython's ExecutorTest.test_map_timeout: map(sleep, [0, 0, 6],
+// timeout=5) yields the first two results, then raises TimeoutError.
+TEST(ExecutorParity, ExecutorTest_test_map_timeout) {
+  TempDir dir;
+  ProcessPoolExecutor ex(2);
+  // Both workers up first, and a timeout of seconds (Python's test: 5 s), so
+  // that the two quick results are in before it even on a loaded machine.
+  (void)ex.map(square, std::vector<int>{1, 2});
+  ASSERT_TRUE(mproc::test::eventually([&] { return ex.worker_pids().size() == 2; }, 30000));
+  write_file(dir.file("open"), "x");
+  std::vector<std::string> gates{dir.file("open"), dir.file("open"), dir.file("gate")};
+  std::vector<int> results;
+  const auto t0 = Clock::now();
+  try {
+    for (int r : ex.imap(gated, gates, 2s)) results.push_back(r);
+    ADD_FAILURE() << "imap(timeout=2s) ended without TimeoutError";
+  } catch (const mproc::TimeoutError&) {
+  }
+  const double took = seconds_since(t0);
+  write_file(dir.file("gate"), "x");
+  EXPECT_EQ(results, (std::vector<int>{1, 1})) << "the results before the timeout were not handed out";
+  EXPECT_GE(took, 1.9);
+  EXPECT_LT(took, 20.0) << "imap(timeout=2s) raised only after " << took << " s";  // wide: load
+}
+
+// Mirrors CPython's ExecutorTest.test_map_exception: the results before the
+// failing item come out, then its error; then the iteration is over.
+TEST(ExecutorParity, ExecutorTest_test_map_exception) {
+  ProcessPoolExecutor ex(2);
+  auto it = ex.imap([](int x) { return fail_on(x, 2); }, std::vector<int>{0, 1, 2, 3});
+  EXPECT_EQ(it.next(), 0);
+  EXPECT_EQ(it.next(), 1);
+  try {
+    (void)it.next();
+    FAIL() << "the failing item did not raise";
+  } catch (const mproc::RemoteError& e) {
+    EXPECT_EQ(e.message(), "bad item 2");
+  }
+  EXPECT_EQ(it.next(), std::nullopt);
+  // The eager form still collects into a std::vector, as before.
+  std::vector<int> all = ex.imap(square, std::vector<int>{1, 2, 3});
+  EXPECT_EQ(all, (std::vector<int>{1, 4, 9}));
+}
+
+// Blocks on a path ending in "gate"; otherwise creates the file.
+int gate_or_touch(std::string path) {
+  if (path.ends_with("gate")) return gated(path);
+  write_file(path, "x");
+  return 2;
+}
+
+// As Python's map (its iterator's `finally: future.cancel()`): a timeout
+// cancels the tasks not yet started, in map and imap alike, and dropping an
+// imap range early does too.
+TEST(ExecutorParity, MapTimeoutCancelsTheTasksNotStarted) {
+  TempDir dir;
+  ProcessPoolExecutor ex(1);  // one worker: the gated task holds it
+  std::vector<std::string> items{dir.file("gate"), dir.file("a"), dir.file("b")};
+  EXPECT_THROW(ex.map(gate_or_touch, items, 200ms), mproc::TimeoutError);
+  {
+    auto dropped = ex.imap(gate_or_touch, std::vector<std::string>{dir.file("c"), dir.file("d")});
+  }
+  write_file(dir.file("gate"), "x");
+  ex.shutdown(true);  // whatever was still queued would run now
+  for (const char* f : {"a", "b", "c", "d"}) EXPECT_FALSE(file_exists(dir.file(f))) << f << " ran after cancel";
+}

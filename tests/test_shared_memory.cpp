@@ -464,6 +464,33 @@ TEST_F(NamedShm, CloseThenUnlinkAsInPython) {
   EXPECT_THROW(shm.unlink(), mproc::SharedMemoryNotFound);
 }
 
+// Mirrors CPython's _TestSharedMemory.test_shared_memory_basics (its POSIX
+// part): attach, write through one handle and read through the other, unlink
+// through the attached handle after which both close, a second unlink is
+// FileNotFoundError, and a name in use cannot be created again.
+TEST_F(NamedShm, TestSharedMemory_test_shared_memory_basics) {
+  const std::string name = "mproc_tsmb_" + std::to_string(::getpid());
+  auto sms = SharedMemory::create(name, 512);
+  EXPECT_EQ(sms.name(), name);
+  EXPECT_GE(sms.size(), 512u);
+  sms.buf()[0] = std::byte{42};
+  auto also_sms = SharedMemory::attach(name);
+  EXPECT_EQ(also_sms.buf()[0], std::byte{42});
+  also_sms.close();
+  EXPECT_THROW(SharedMemory::create(name, 512), mproc::SharedMemoryExists);
+
+  auto sms_uno = SharedMemory::create(name + "_dbl", 5000);
+  auto sms_duo = SharedMemory::attach(name + "_dbl");
+  sms_duo.unlink();
+  sms_duo.close();
+  sms_uno.close();
+  EXPECT_THROW(sms_uno.unlink(), mproc::SharedMemoryNotFound);  // Python: FileNotFoundError
+  EXPECT_THROW(SharedMemory::attach(name + "_notthere"), mproc::SharedMemoryNotFound);
+  sms.close();
+  sms.unlink();  // close() then unlink(), as Python's cleanup does
+  EXPECT_FALSE(shm_exists(name));
+}
+
 TEST_F(NamedShm, AttachAcceptsASizeUpToTheSegments) {
   auto shm = SharedMemory::create("", 10000);
   fill(shm.buf(), 6);

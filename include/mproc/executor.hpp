@@ -6,6 +6,7 @@
 //   auto f = ex.submit(largest_prime_factor, 100913100913ULL);
 //   f.get();
 #pragma once
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <iterator>
@@ -111,6 +112,90 @@ std::size_t default_chunksize(const Range& items, unsigned workers) {
 }
 }  // namespace detail
 
+// What ProcessPoolExecutor::imap returns: Python's Executor.map iterator.
+// Every chunk was submitted by the call; the results come out in input
+// order, each waited for within what is left of the call's timeout. A task's
+// error, or TimeoutError, is raised at its position, after every result
+// before it was handed out; the iteration then ends, and the chunks not yet
+// started are cancelled, as Python's map cancels its futures. Dropping the
+// range before its end cancels them too. Every chunk's future settles: done,
+// failed or cancelled (the engine settles those it has started).
+//
+//   next(): result ─┬─ (more) ─> next()
+//                   ├─ end ─────> nullopt for ever
+//                   └─ error ───> cancel the rest, rethrow ─> end
+template <class R>
+class MapResults {
+ public:
+  using Clock = std::chrono::steady_clock;
+  MapResults(std::vector<Future<std::vector<R>>> chunks, Clock::time_point deadline)
+      : chunks_(std::move(chunks)), deadline_(deadline) {}
+  MapResults(MapResults&&) = delete;  // iterators point into it; returned by guaranteed elision
+  ~MapResults() { cancel_from(next_chunk_); }
+
+  // The next result, or nullopt at the end.
+  std::optional<R> next() {
+    while (pos_ == part_.size()) {
+      if (next_chunk_ == chunks_.size()) return std::nullopt;
+      try {
+        part_ = chunks_[next_chunk_].result(left());
+      } catch (...) {
+        cancel_from(next_chunk_);
+        next_chunk_ = chunks_.size();
+        part_.clear();
+        pos_ = 0;
+        throw;
+      }
+      ++next_chunk_;
+      pos_ = 0;
+    }
+    return std::move(part_[pos_++]);
+  }
+  // The rest, as ProcessPoolExecutor::map returns them.
+  std::vector<R> collect() {
+    std::vector<R> out;
+    while (auto r = next()) out.push_back(std::move(*r));
+    return out;
+  }
+  operator std::vector<R>() && { return collect(); }  // NOLINT: as map's result
+
+  class iterator {
+   public:
+    using value_type = R;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(MapResults* m) : m_(m) { ++*this; }
+    R& operator*() const { return *cur_; }
+    iterator& operator++() {
+      cur_ = m_->next();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    bool operator==(std::default_sentinel_t) const { return !cur_; }
+
+   private:
+    MapResults* m_ = nullptr;
+    mutable std::optional<R> cur_;
+  };
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() { return {}; }
+
+ private:
+  Timeout left() const {
+    if (deadline_ == Clock::time_point::max()) return std::nullopt;
+    return std::max<std::chrono::nanoseconds>(deadline_ - Clock::now(), std::chrono::nanoseconds::zero());
+  }
+  void cancel_from(std::size_t i) {
+    for (; i < chunks_.size(); ++i) chunks_[i].cancel();
+  }
+
+  std::vector<Future<std::vector<R>>> chunks_;
+  Clock::time_point deadline_;
+  std::size_t next_chunk_ = 0;
+  std::vector<R> part_;  // the chunk being handed out
+  std::size_t pos_ = 0;
+};
+
 class ProcessPoolExecutor {
  public:
   explicit ProcessPoolExecutor(PoolOptions options = {})
@@ -130,14 +215,24 @@ class ProcessPoolExecutor {
     return Future<R>(engine_.submit(std::move(call), options.timeout));
   }
 
-  // Results in input order. Throws the first task's error, or TimeoutError
-  // when the results are not all in within timeout (from this call).
+  // Results in input order, all collected (a std::vector). Throws the first
+  // task's error, or TimeoutError when the results are not all in within
+  // timeout (from this call); either way the chunks not yet started are
+  // cancelled. For Python's lazy iterator, see imap.
   template <class F, std::ranges::input_range Range>
   auto map(F&& fn, const Range& items, Timeout timeout = std::nullopt, std::size_t chunksize = 1) {
+    return imap(std::forward<F>(fn), items, timeout, chunksize).collect();
+  }
+  // Python's Executor.map as it is: submits everything now and returns a
+  // lazy range (MapResults) of the results in input order, so the results
+  // before a task error or the timeout are usable:
+  //   for (int r : ex.imap(f, items, 5s)) use(r);   // ... then TimeoutError
+  template <class F, std::ranges::input_range Range>
+  auto imap(F&& fn, const Range& items, Timeout timeout = std::nullopt, std::size_t chunksize = 1) {
     using Item = std::ranges::range_value_t<Range>;
+    using R = detail::stored_result_t<detail::chunk_result_t<std::decay_t<F>, Item, false>>;
     const auto deadline = detail::deadline_after(timeout);
-    auto chunks = detail::submit_chunks<std::decay_t<F>, Item, false>(engine_, fn, items, chunksize);
-    return detail::concat_chunks(chunks, deadline);
+    return MapResults<R>(detail::submit_chunks<std::decay_t<F>, Item, false>(engine_, fn, items, chunksize), deadline);
   }
 
   // No new tasks. wait: block until running and pending tasks are done and

@@ -109,6 +109,8 @@ class LockBase {
 class Lock : public detail::LockBase {
  public:
   Lock();
+  // A view of a mutex made elsewhere (an empty one to deserialize into).
+  explicit Lock(detail::SharedMutex m) : LockBase(std::move(m)) {}
 };
 
 class RLock : public detail::LockBase {

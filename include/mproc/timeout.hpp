@@ -1,6 +1,6 @@
 // Timeouts, as Python's `timeout=None | seconds`: the one type every
 // blocking call of the API takes, and the one rule that turns it into a
-// deadline. A leaf header (only <chrono> and <optional>).
+// deadline. A leaf header (only `<chrono>` and `<optional>`).
 #pragma once
 #include <chrono>
 #include <optional>

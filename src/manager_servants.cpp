@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <list>
 #include <map>
-#include <ranges>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -63,8 +62,9 @@ class DictServant final : public ServantOf<proto::DictProtocol, DictServant> {
   // applied when any of it is malformed.
   void on(Tag<"update">, ServantCall&, const std::vector<std::pair<View, View>>& batch) { update(batch); }
   const Entries& on(Tag<"items">, ServantCall&) { return entries_; }
-  auto on(Tag<"keys">, ServantCall&) { return entries_ | std::views::keys; }
-  auto on(Tag<"values">, ServantCall&) { return entries_ | std::views::values; }
+  // (Views, not std::views: clang 14, the fuzz build's compiler, cannot use libstdc++'s.)
+  std::vector<View> on(Tag<"keys">, ServantCall&) { return column<0>(); }
+  std::vector<View> on(Tag<"values">, ServantCall&) { return column<1>(); }
   std::vector<std::optional<View>> on(Tag<"get_many">, ServantCall&, const std::vector<View>& keys) {
     std::vector<std::optional<View>> out;
     out.reserve(keys.size());
@@ -73,6 +73,13 @@ class DictServant final : public ServantOf<proto::DictProtocol, DictServant> {
   }
 
  private:
+  template <std::size_t I>
+  std::vector<View> column() const {
+    std::vector<View> out;
+    out.reserve(entries_.size());
+    for (const auto& e : entries_) out.emplace_back(std::get<I>(e));
+    return out;
+  }
   void update(const std::vector<std::pair<View, View>>& batch) {
     index_.reserve(index_.size() + batch.size());
     for (auto& [k, v] : batch) set(k, std::string(v));
@@ -214,7 +221,12 @@ class NamespaceServant final : public ServantOf<proto::NamespaceProtocol, Namesp
     values_.erase(it);
     return true;
   }
-  auto on(Tag<"names">, ServantCall&) { return values_ | std::views::keys; }
+  std::vector<View> on(Tag<"names">, ServantCall&) {
+    std::vector<View> out;
+    out.reserve(values_.size());
+    for (const auto& [name, value] : values_) out.emplace_back(name);
+    return out;
+  }
 
  private:
   std::map<std::string, std::pair<std::string, std::string>, std::less<>> values_;

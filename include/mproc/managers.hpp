@@ -29,6 +29,10 @@
 //   BrokenBarrierError, TimeoutError), else as RemoteError (unknown object or
 //   method, wrong argument types, ...). A dead server: ConnectionClosed.
 // - Objects live until the server ends, or until release(proxy).
+// - Every kind's methods, with their argument and result types, are one
+//   table (detail/manager_protocol.hpp) from which both its proxy
+//   (manager_proxies.hpp, manager_sync_proxies.hpp) and its servant are
+//   built: they cannot drift, and adding a method is one line in the table.
 #pragma once
 #include <sys/types.h>
 

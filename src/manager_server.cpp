@@ -4,6 +4,7 @@
 #include "manager_server.hpp"
 
 #include "handshake.hpp"
+#include "manager_servants.hpp"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -64,9 +65,9 @@ Bytes Server::handle(std::span<const std::byte> request, CallContext& ctx) {
   try {
     wire::Reader r(request);
     const std::uint64_t id = r.u64();
-    const std::string_view method = r.str();
+    const std::uint16_t method = r.u16();
     if (id == 0) {
-      server_call(method, r, out);
+      dispatch<proto::ServerProtocol>(*this, method, r, out, ctx);
     } else {
       Entry e = find(id);
       if (e.lock) {
@@ -90,55 +91,71 @@ Bytes Server::handle(std::span<const std::byte> request, CallContext& ctx) {
   return out;
 }
 
-void Server::server_call(std::string_view method, wire::Reader& a, Bytes& out) {
-  if (method == "create") {
-    const std::string kind(a.str());
-    const std::string name(a.str());
-    const std::string sig(a.str());
-    std::unique_lock lk(mu_);
-    if (!name.empty()) {
-      auto n = names_.find(name);
-      if (n != names_.end()) {
-        const Entry& e = objects_.at(n->second);
-        if (e.servant->kind != kind || e.servant->sig != sig)
-          throw ValueError(fmt::format("mproc::Manager: '{}' is a {} of other types than asked for",
-                                                  name, e.servant->kind));
-        return wire::put_u64(out, n->second);
-      }
+std::uint64_t Server::on(proto::Tag<"create">, CallContext&, std::string_view kind, std::uint64_t fingerprint,
+                         std::string_view name, std::string_view sig, std::span<const std::byte> init) {
+  std::unique_lock lk(mu_);
+  if (!name.empty()) {
+    auto n = names_.find(std::string(name));
+    if (n != names_.end()) {
+      const Entry& e = objects_.at(n->second);
+      if (e.servant->kind != kind || e.servant->sig != sig)
+        throw ValueError(fmt::format("mproc::Manager: '{}' is a {} of other types than asked for", name,
+                                     e.servant->kind));
+      return n->second;
     }
-    if (objects_.size() >= config_.max_objects)
-      throw Error(fmt::format("mproc::Manager: the server holds {} objects already", objects_.size()));
-    Entry e;
-    if (kind == "user") {
-      auto t = config_.types->find(sig);
-      if (t == config_.types->end())
-        throw ValueError(fmt::format("mproc::Manager: type '{}' is not registered in the server", sig));
-      e.servant = t->second();
-      e.lock = std::make_shared<std::mutex>();
-    } else {
-      e.servant = make_builtin_servant(kind, a);
-    }
-    e.servant->kind = kind;
-    e.servant->sig = sig;
-    const std::uint64_t id = next_id_++;
-    objects_.emplace(id, std::move(e));
-    if (!name.empty()) names_.emplace(name, id);
-    wire::put_u64(out, id);
-  } else if (method == "release") {
-    const std::uint64_t id = a.u64();
-    std::unique_lock lk(mu_);
-    const bool had = objects_.erase(id) != 0;
-    std::erase_if(names_, [&](const auto& kv) { return kv.second == id; });
-    wire::put_u8(out, had ? 1 : 0);
-  } else if (method == "count") {
-    std::shared_lock lk(mu_);
-    wire::put_u64(out, objects_.size());
-  } else if (method == "ping") {
-  } else if (method == "shutdown") {
-    stopping_ = true;  // the accept loop is woken once the reply is sent (wake())
-  } else {
-    throw ValueError(fmt::format("mproc::Manager: the server has no method '{}'", method));
   }
+  if (objects_.size() >= config_.max_objects)
+    throw Error(fmt::format("mproc::Manager: the server holds {} objects already", objects_.size()));
+  Entry e;
+  e.servant = make_servant(kind, fingerprint, sig, init, *config_.types);
+  if (kind == proto::UserProtocol::kind) e.lock = std::make_shared<std::mutex>();
+  e.servant->kind = kind;
+  e.servant->sig = sig;
+  const std::uint64_t id = next_id_++;
+  objects_.emplace(id, std::move(e));
+  if (!name.empty()) names_.emplace(std::string(name), id);
+  return id;
+}
+
+bool Server::on(proto::Tag<"release">, CallContext&, std::uint64_t id) {
+  std::unique_lock lk(mu_);
+  const bool had = objects_.erase(id) != 0;
+  std::erase_if(names_, [&](const auto& kv) { return kv.second == id; });
+  return had;
+}
+
+std::uint64_t Server::on(proto::Tag<"count">, CallContext&) {
+  std::shared_lock lk(mu_);
+  return objects_.size();
+}
+
+void Server::on(proto::Tag<"shutdown">, CallContext&) {
+  stopping_ = true;  // the accept loop is woken once the reply is sent (wake())
+}
+
+std::unique_ptr<Servant> make_servant(std::string_view kind, std::uint64_t fingerprint, std::string_view sig,
+                                      std::span<const std::byte> init, const TypeRegistry& types) {
+  auto check = [&](std::uint64_t mine) {
+    if (fingerprint != mine)
+      throw ValueError(fmt::format("mproc::Manager: the client's {} protocol table differs from this server's "
+                                   "(fingerprint {:#x}, not {:#x}): client and server run different mproc versions",
+                                   kind, fingerprint, mine));
+  };
+  if (kind == proto::UserProtocol::kind) {
+    check(proto::UserProtocol::fingerprint);
+    if (!init.empty()) throw DeserializeError("mproc::Manager: creation data for a user object");
+    auto t = types.find(sig);
+    if (t == types.end())
+      throw ValueError(fmt::format("mproc::Manager: type '{}' is not registered in the server", sig));
+    return make_user_servant(t->second());
+  }
+  for (auto kinds : {container_kinds(), sync_kinds()})
+    for (const BuiltinKind& k : kinds)
+      if (k.kind == kind) {
+        check(k.fingerprint);
+        return k.make(init);
+      }
+  throw ValueError(fmt::format("mproc::Manager: unknown object kind '{}'", kind));
 }
 
 void Server::wake() noexcept {
@@ -412,22 +429,44 @@ void serve(Listener& listener, ServerConfig config) {
 
 // ---- fuzzing -----------------------------------------------------------------------
 
+std::vector<FuzzKind> fuzz_kinds() {
+  std::vector<FuzzKind> out;
+  for (auto kinds : {container_kinds(), sync_kinds()})
+    for (const BuiltinKind& k : kinds) {
+      Bytes init;  // the smallest valid creation data of each
+      if (k.kind == "dict" || k.kind == "list" || k.kind == "set") wire::put_u64(init, 0);
+      if (k.kind == "array") {
+        wire::put_u64(init, 2);
+        wire::put_str(init, "a");
+        wire::put_str(init, "b");
+      }
+      if (k.kind == "value") wire::put_str(init, "");
+      if (k.kind == "queue" || k.kind == "joinable_queue") wire::put_u64(init, 4);
+      if (k.kind == "barrier") wire::put_u64(init, 2);
+      if (k.kind == "semaphore") {
+        wire::put_u64(init, 1);
+        wire::put_u8(init, 1);
+      }
+      out.push_back({std::string(k.kind), k.fingerprint, std::move(init)});
+    }
+  return out;
+}
+
 void dispatch_for_fuzz(std::span<const std::byte> data) {
   ServerConfig config;
   config.max_objects = 4096;
   Server server(std::move(config));
   CallContext ctx{-1, false};
-  // One object of every kind, ids 1..9.
-  for (auto kind : {"dict", "list", "set", "value", "queue", "lock", "event", "barrier", "namespace"}) {
+  // One object of every built-in kind, ids 1.., in the order of fuzz_kinds().
+  for (const FuzzKind& k : fuzz_kinds()) {
     Bytes req;
     wire::put_u64(req, 0);
-    wire::put_str(req, "create");
-    wire::put_str(req, kind);
+    wire::put_u16(req, static_cast<std::uint16_t>(proto::ServerProtocol::find("create")));
+    wire::put_str(req, k.kind);
+    wire::put_u64(req, k.fingerprint);
     wire::put_str(req, "");
     wire::put_str(req, "");
-    if (std::string_view(kind) == "value") wire::put_str(req, "");
-    if (std::string_view(kind) == "queue") wire::put_u64(req, 4);
-    if (std::string_view(kind) == "barrier") wire::put_u64(req, 2);
+    req.insert(req.end(), k.init.begin(), k.init.end());
     server.handle(req, ctx);
   }
   // The bytes go through a real socket and the real frame reader.

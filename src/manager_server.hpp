@@ -2,11 +2,13 @@
 // built-in servants. See docs/architecture.md ("Managers").
 //
 // Request frame (raw bytes on an authenticated Connection):
-//   u64 object id | str method | method arguments...
+//   u64 object id | u16 method index | method arguments...
 // Reply frame:
 //   u8 0 | method reply...            on success
 //   u8 1 | str type name | str what   on failure (the caller rethrows it)
-// Object 0 is the server itself: create / release / count / ping / shutdown.
+// Object 0 is the server itself (proto::ServerProtocol: create / release /
+// count / ping / shutdown). Every object's methods, arguments and results
+// are its kind's table in mproc/detail/manager_protocol.hpp.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -18,11 +20,25 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "mproc/listener.hpp"
 #include "mproc/managers.hpp"
 
 namespace mproc::detail {
+
+struct CallContext;
+
+// A server-side object. call() runs the method at that index of its
+// protocol table (dispatch<P>, manager_dispatch.hpp) and appends its reply;
+// it throws for an index past the table or malformed arguments (the caller
+// gets the exception as an error reply).
+class Servant {
+ public:
+  virtual ~Servant() = default;
+  virtual void call(std::uint16_t method, wire::Reader& args, Bytes& out, CallContext& ctx) = 0;
+  std::string kind, sig;
+};
 
 // The connection a call came on: blocking methods wait in slices and give up
 // when its peer hangs up, so a crashed client never pins a server thread (nor
@@ -72,8 +88,18 @@ class Server {
     std::shared_ptr<Servant> servant;
     std::shared_ptr<std::mutex> lock;  // user objects: one call at a time
   };
-  void server_call(std::string_view method, wire::Reader& args, Bytes& out);
   Entry find(std::uint64_t id);
+
+ public:
+  // ServerProtocol's handlers (object 0).
+  std::uint64_t on(proto::Tag<"create">, CallContext&, std::string_view kind, std::uint64_t fingerprint,
+                   std::string_view name, std::string_view sig, std::span<const std::byte> init);
+  bool on(proto::Tag<"release">, CallContext&, std::uint64_t id);
+  std::uint64_t on(proto::Tag<"count">, CallContext&);
+  void on(proto::Tag<"ping">, CallContext&) {}
+  void on(proto::Tag<"shutdown">, CallContext&);
+
+ private:
 
   ServerConfig config_;
   std::shared_mutex mu_;
@@ -85,11 +111,22 @@ class Server {
   std::atomic<int> wake_fd_{-1};
 };
 
-// A built-in servant of that kind ("dict", "list", ...), from its init bytes.
-std::unique_ptr<Servant> make_builtin_servant(std::string_view kind, wire::Reader& init);
+// A built-in servant of that kind ("dict", "list", ...), from its creation
+// data; fingerprint: the client's table's (a ValueError when it differs from
+// this server's). For kind "user", the registered type named sig.
+std::unique_ptr<Servant> make_servant(std::string_view kind, std::uint64_t fingerprint, std::string_view sig,
+                                      std::span<const std::byte> init, const TypeRegistry& types);
 
 // Accepts and serves until a client asks the server to stop.
 void serve(Listener& listener, ServerConfig config);
+
+// Every built-in kind with valid creation data (for the fuzzer and tests).
+struct FuzzKind {
+  std::string kind;
+  std::uint64_t fingerprint;
+  Bytes init;
+};
+std::vector<FuzzKind> fuzz_kinds();
 
 // Fuzzing entry (also run by a normal test): data is a byte stream of frames
 // as a client would send them after authentication; each is decoded by the

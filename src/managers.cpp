@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 #include <pthread.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,6 +14,7 @@
 
 #include "manager_server.hpp"
 #include "mproc/shared_memory.hpp"
+#include "sys/fd.hpp"
 
 namespace mproc {
 
@@ -38,8 +40,19 @@ constexpr std::size_t kMaxIdle = 8;
 struct Registry {
   std::mutex mu;
   pid_t pid = 0;
+  std::uint64_t nonce = 0;  // this process's part of an OwnerId (0: not drawn yet)
   std::map<std::string, std::shared_ptr<Endpoint>> endpoints;
 };
+
+// 64 random bits, never 0: OwnerIds of processes on different machines (or a
+// pid reused) do not collide.
+std::uint64_t random_nonce() {
+  std::uint64_t v = 0;
+  while (v == 0) {
+    if (::getrandom(&v, sizeof v, 0) != static_cast<ssize_t>(sizeof v)) sys::throw_errno("getrandom");
+  }
+  return v;
+}
 
 std::string endpoint_key(const Address& address, const std::string& authkey) {
   std::string key = address.to_string();
@@ -63,6 +76,7 @@ std::shared_ptr<Endpoint> endpoint_for_locked(const Address& address, const std:
   if (r.pid != me) {
     r.endpoints.clear();  // the parent's: never used here
     r.pid = me;
+    r.nonce = 0;
   }
   auto& slot = r.endpoints[endpoint_key(address, authkey)];
   if (slot) return slot;
@@ -171,12 +185,29 @@ std::shared_ptr<Endpoint> EndpointRef::get(const Address& address, const std::st
 ProxyBase::ProxyBase(Address address, std::string authkey, std::uint64_t id)
     : address_(std::move(address)), authkey_(std::move(authkey)), id_(id) {}
 
-Bytes ProxyBase::request(std::string_view method) const {
+Bytes ProxyBase::request(std::uint16_t method) const {
   Bytes r;
-  r.reserve(64 + method.size());
+  r.reserve(64);
   wire::put_u64(r, id_);
-  wire::put_str(r, method);
+  wire::put_u16(r, method);
   return r;
+}
+
+OwnerId caller_identity() {
+  OwnerId id;
+  {
+    Registry& r = g_registry;
+    std::lock_guard lk(r.mu);
+    if (r.pid != ::getpid()) {  // a fork child is not its parent's owner
+      r.endpoints.clear();
+      r.pid = ::getpid();
+      r.nonce = 0;
+    }
+    if (r.nonce == 0) r.nonce = random_nonce();
+    id.process = r.nonce;
+  }
+  id.thread = static_cast<std::uint64_t>(::gettid());
+  return id;
 }
 
 CallResult ProxyBase::call(Bytes&& request) const {
@@ -301,7 +332,7 @@ void Manager::start() {
   server_->start();
   listener->set_path_owner(0);
   listener.reset();  // the server's now (the target, and its copy of the socket, go with start())
-  root_ = detail::ProxyBase(address_, authkey_, 0);
+  root_ = detail::ServerProxy(detail::ProxyBase(address_, authkey_, 0));
   state_ = State::started;
 }
 
@@ -310,8 +341,8 @@ void Manager::connect() {
   if (!options_.address) throw ValueError("Manager::connect: ManagerOptions::address is required");
   address_ = *options_.address;
   authkey_ = options_.authkey;
-  root_ = detail::ProxyBase(address_, authkey_, 0);
-  root_.call(root_.request("ping"));
+  root_ = detail::ServerProxy(detail::ProxyBase(address_, authkey_, 0));
+  root_.ping();
   state_ = State::connected;
 }
 
@@ -335,13 +366,13 @@ pid_t Manager::server_pid() const noexcept { return server_ ? server_->pid() : 0
 
 void Manager::stop_server() {
   require_running("stop_server");
-  root_.call(root_.request("shutdown"));
+  root_.shutdown();
 }
 
 void Manager::shutdown() {
   if (state_ == State::started && server_) {
     try {
-      root_.call(root_.request("shutdown"));
+      root_.shutdown();
     } catch (const Error&) {  // already gone
     }
     if (!server_->join(std::chrono::seconds(5))) {
@@ -353,7 +384,7 @@ void Manager::shutdown() {
   }
   if (state_ == State::started || state_ == State::connected) {
     detail::forget_endpoint(address_, authkey_);
-    root_ = detail::ProxyBase();
+    root_ = detail::ServerProxy();
     state_ = State::idle;
   }
 }
@@ -363,28 +394,20 @@ void Manager::require_running(const char* op) const {
     throw ValueError(fmt::format("Manager::{}: start() or connect() the manager first", op));
 }
 
-detail::ProxyBase Manager::make(std::string_view kind, std::string_view name, std::string_view sig,
-                                const Bytes& init) {
+detail::ProxyBase Manager::make(std::string_view kind, std::uint64_t fingerprint, std::string_view name,
+                                std::string_view sig, const Bytes& init) {
   require_running("create");
-  Bytes r = root_.request("create");
-  detail::wire::put_str(r, kind);
-  detail::wire::put_str(r, name);
-  detail::wire::put_str(r, sig);
-  r.insert(r.end(), init.begin(), init.end());
-  const std::uint64_t id = root_.call(std::move(r)).reader().u64();
-  return detail::ProxyBase(address_, authkey_, id);
+  return detail::ProxyBase(address_, authkey_, root_.create(kind, fingerprint, name, sig, init));
 }
 
 void Manager::release(const detail::ProxyBase& proxy) {
   require_running("release");
-  Bytes r = root_.request("release");
-  detail::wire::put_u64(r, proxy.id());
-  root_.call(std::move(r));
+  root_.release(proxy.id());
 }
 
 std::size_t Manager::object_count() {
   require_running("object_count");
-  return detail::reply_u64(root_.call(root_.request("count")));
+  return root_.count();
 }
 
 }  // namespace mproc

@@ -42,10 +42,30 @@ void raw_write(int fd, const Bytes& b) {
   ASSERT_EQ(::send(fd, b.data(), b.size(), MSG_NOSIGNAL), static_cast<ssize_t>(b.size()));
 }
 
-Bytes request(std::uint64_t id, std::string_view method) {
+namespace proto = mproc::detail::proto;
+
+// A request for method index `method` of object id, as a client builds it.
+Bytes request_at(std::uint64_t id, std::uint16_t method) {
   Bytes r;
   wire::put_u64(r, id);
-  wire::put_str(r, method);
+  wire::put_u16(r, method);
+  return r;
+}
+// The same, by the method's name in protocol P's table.
+template <class P>
+Bytes request(std::uint64_t id, std::string_view method) {
+  const std::size_t i = P::find(method);
+  EXPECT_LT(i, P::size) << method;
+  return request_at(id, static_cast<std::uint16_t>(i));
+}
+// A "create" of the server (object 0), up to the creation data.
+Bytes create_request(std::string_view kind, std::uint64_t fingerprint, std::string_view name = "",
+                     std::string_view types = "") {
+  Bytes r = request<proto::ServerProtocol>(0, "create");
+  wire::put_str(r, kind);
+  wire::put_u64(r, fingerprint);
+  wire::put_str(r, name);
+  wire::put_str(r, types);
   return r;
 }
 
@@ -124,7 +144,7 @@ TEST_F(ManagerFaults, RequestBeforeAuthenticationIsNeverDispatched) {
   Connection c = raw();
   c.recv_bytes();  // the challenge
   // A well-formed "clear" request where the digest should be.
-  Bytes req = request(d_.id(), "clear");
+  Bytes req = request<proto::DictProtocol>(d_.id(), "clear");
   c.send_bytes(req);
   Bytes verdict = c.recv_bytes();
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(verdict.data()), verdict.size()), "#FAILURE#");
@@ -167,51 +187,64 @@ TEST_F(ManagerFaults, TruncatedFrame) {
 
 TEST_F(ManagerFaults, UnknownIdsMethodsAndMalformedRequestsGetErrorReplies) {
   Connection c = authed();
-  auto [s1, e1] = exchange(c, request(987654321, "len"));
+  auto [s1, e1] = exchange(c, request<proto::DictProtocol>(987654321, "len"));
   EXPECT_EQ(s1, 1);
   EXPECT_NE(e1.find("no object with id 987654321"), std::string::npos) << e1;
-  auto [s2, e2] = exchange(c, request(d_.id(), "frobnicate"));
+  // A method index past the object's table: a typed error naming both.
+  auto [s2, e2] = exchange(c, request_at(d_.id(), 999));
   EXPECT_EQ(s2, 1);
-  EXPECT_NE(e2.find("'frobnicate'"), std::string::npos) << e2;
-  auto [s3, e3] = exchange(c, request(0, "no_such_server_method"));
+  EXPECT_NE(e2.find("mproc::ValueError"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("a dict has no method #999"), std::string::npos) << e2;
+  auto [s2b, e2b] = exchange(c, request_at(d_.id(), 0xffff));
+  EXPECT_EQ(s2b, 1);
+  EXPECT_NE(e2b.find("#65535"), std::string::npos) << e2b;
+  auto [s3, e3] = exchange(c, request_at(0, 77));
   EXPECT_EQ(s3, 1);
+  EXPECT_NE(e3.find("a server has no method #77"), std::string::npos) << e3;
   auto [s4, e4] = exchange(c, Bytes{std::byte{1}, std::byte{2}, std::byte{3}});  // not even an id
   EXPECT_EQ(s4, 1);
   EXPECT_NE(e4.find("DeserializeError"), std::string::npos) << e4;
-  Bytes lie = request(d_.id(), "get");
+  Bytes lie = request<proto::DictProtocol>(d_.id(), "get");
   wire::put_u64(lie, std::uint64_t{1} << 60);  // a key "of 2^60 bytes"
   auto [s5, e5] = exchange(c, lie);
   EXPECT_EQ(s5, 1);
-  Bytes create = request(0, "create");
-  wire::put_str(create, "hashmap");
-  wire::put_str(create, "");
-  wire::put_str(create, "");
-  auto [s6, e6] = exchange(c, create);
+  auto [s6, e6] = exchange(c, create_request("hashmap", 0));
   EXPECT_EQ(s6, 1);
   EXPECT_NE(e6.find("unknown object kind"), std::string::npos) << e6;
+  // A client built from another table (a method added, say): refused at
+  // create, not misread later.
+  auto [s8, e8] = exchange(c, create_request("dict", proto::DictProtocol::fingerprint ^ 1));
+  EXPECT_EQ(s8, 1);
+  EXPECT_NE(e8.find("differs from this server's"), std::string::npos) << e8;
+  // Bytes after a method's arguments: refused, nothing applied.
+  Bytes extra = request<proto::DictProtocol>(d_.id(), "clear");
+  wire::put_u8(extra, 0);
+  auto [s9, e9] = exchange(c, extra);
+  EXPECT_EQ(s9, 1);
+  EXPECT_NE(e9.find("1 bytes after the arguments"), std::string::npos) << e9;
   // The connection still works after all of that.
-  auto [s7, e7] = exchange(c, request(d_.id(), "len"));
+  auto [s7, e7] = exchange(c, request<proto::DictProtocol>(d_.id(), "len"));
   EXPECT_EQ(s7, 0) << e7;
   expect_intact();
 }
 
 TEST_F(ManagerFaults, WrongArgumentsChangeNothing) {
   mproc::detail::ProxyBase p(m_.address(), m_.authkey(), d_.id());
-  Bytes set_half = p.request("set");
+  Bytes set_half = request<proto::DictProtocol>(d_.id(), "set");
   wire::put_value(set_half, std::string("only a key"));
   EXPECT_THROW(p.call(std::move(set_half)), mproc::RemoteError);
   // A batch that is cut short: validated whole, so its first item is not applied.
-  Bytes batch = p.request("update");
+  Bytes batch = request<proto::DictProtocol>(d_.id(), "update");
   wire::put_u64(batch, 2);
   wire::put_value(batch, std::string("k"));
   wire::put_value(batch, std::string("overwritten"));
   wire::put_value(batch, std::string("k2"));
   EXPECT_THROW(p.call(std::move(batch)), mproc::RemoteError);
-  Bytes huge = p.request("update");
+  Bytes huge = request<proto::DictProtocol>(d_.id(), "update");
   wire::put_u64(huge, std::uint64_t{1} << 62);
   EXPECT_THROW(p.call(std::move(huge)), mproc::RemoteError);
   mproc::detail::ProxyBase lp(m_.address(), m_.authkey(), l_.id());
-  EXPECT_THROW(lp.call(lp.request("get")), mproc::RemoteError);  // no index
+  EXPECT_THROW(lp.call(request<proto::ListProtocol>(l_.id(), "get")), mproc::RemoteError);  // no index
   // A proxy of other types on the same object: the client refuses the bytes.
   mproc::DictProxy<std::string, std::uint64_t> wrong(p);
   EXPECT_THROW(wrong.values(), mproc::DeserializeError);
@@ -293,13 +326,12 @@ TEST_F(ManagerFaults, RandomPayloadsOnALiveServer) {
   auto scratch = m_.dict<int, int>();
   auto sl = m_.list<int>();  // (no blocking kinds: a random "wait forever" would be obeyed)
   const std::uint64_t ids[] = {scratch.id(), sl.id(), 0};
-  const char* methods[] = {"set", "get", "update", "items", "extend", "slice", "pop", "insert", "len", "x"};
   std::mt19937_64 rng(20240611);
   Connection c = authed();
   for (int i = 0; i < 300; ++i) {
     const std::uint64_t id = ids[rng() % 3];
-    Bytes req = request(id, methods[rng() % 10]);
-    if (id == 0) req = request(0, "count");  // the server's own methods stay harmless
+    Bytes req = request_at(id, static_cast<std::uint16_t>(rng() % 16));  // some past the tables
+    if (id == 0) req = request<proto::ServerProtocol>(0, "count");  // the server's own methods stay harmless
     const std::size_t n = rng() % 40;
     for (std::size_t j = 0; j < n; ++j) req.push_back(static_cast<std::byte>(rng() % 4 == 0 ? 0 : rng()));
     c.send_bytes(req);
@@ -320,24 +352,29 @@ Bytes frame(const Bytes& payload) {
 
 std::vector<Bytes> seed_requests() {
   std::vector<Bytes> out;
-  const char* methods[] = {"set",   "get",  "contains", "del",      "pop",    "setdefault", "len",   "clear",
-                           "update", "items", "keys",   "values",   "get_many", "append",   "extend", "slice",
-                           "insert", "remove", "index", "count",    "add",    "discard",    "put",   "put_many",
-                           "qsize",  "full",   "acquire", "release", "locked", "is_set",     "wait",  "abort",
-                           "reset",  "parties", "n_waiting", "broken", "names", "has"};
-  for (std::uint64_t id = 0; id <= 10; ++id)
-    for (const char* m : methods) {
-      Bytes r = request(id, m);
+  // Every method of every object (ids 1.. in fuzz_kinds() order), with a few
+  // argument shapes, and one past each table.
+  const std::uint64_t objects = mproc::detail::fuzz_kinds().size();
+  for (std::uint64_t id = 0; id <= objects + 1; ++id)
+    for (std::uint16_t m = 0; m <= 14; ++m) {
+      Bytes r = request_at(id, m);
+      out.push_back(r);
       wire::put_u64(r, 1);
       wire::put_str(r, "key");
       wire::put_str(r, "value");
       out.push_back(r);
+      Bytes w = request_at(id, m);  // an owner, then a wait/timeout
+      wire::put_u64(w, 7);
+      wire::put_u64(w, 8);
+      wire::put_u8(w, 0);
+      wire::put_f64(w, 0.0);
+      out.push_back(w);
     }
-  Bytes create = request(0, "create");
-  wire::put_str(create, "list");
-  wire::put_str(create, "named");
-  wire::put_str(create, "sig");
-  out.push_back(create);
+  for (const auto& k : mproc::detail::fuzz_kinds()) {
+    Bytes create = create_request(k.kind, k.fingerprint, "named", "sig");
+    create.insert(create.end(), k.init.begin(), k.init.end());
+    out.push_back(create);
+  }
   return out;
 }
 

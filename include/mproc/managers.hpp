@@ -29,6 +29,10 @@
 //   BrokenBarrierError, TimeoutError), else as RemoteError (unknown object or
 //   method, wrong argument types, ...). A dead server: ConnectionClosed.
 // - Objects live until the server ends, or until release(proxy).
+// - Every kind's methods, with their argument and result types, are one
+//   table (detail/manager_protocol.hpp) from which both its proxy
+//   (manager_proxies.hpp, manager_sync_proxies.hpp) and its servant are
+//   built: they cannot drift, and adding a method is one line in the table.
 #pragma once
 #include <sys/types.h>
 
@@ -50,135 +54,17 @@
 #include <utility>
 #include <vector>
 
+#include "mproc/detail/manager_client.hpp"
 #include "mproc/errors.hpp"
 #include "mproc/listener.hpp"
+#include "mproc/manager_proxies.hpp"
+#include "mproc/manager_sync_proxies.hpp"
 #include "mproc/process.hpp"
 #include "mproc/serialize.hpp"
 
 namespace mproc {
 
-class Manager;
-
-namespace detail::wire {
-// The manager's wire helpers: little-endian fixed-size integers and byte
-// strings (u64 length + bytes), the same layout as mproc's archives give.
-inline void put_u64(Bytes& b, std::uint64_t v) {
-  const auto* p = reinterpret_cast<const std::byte*>(&v);
-  b.insert(b.end(), p, p + 8);
-}
-inline void put_u8(Bytes& b, std::uint8_t v) { b.push_back(static_cast<std::byte>(v)); }
-inline void put_f64(Bytes& b, double v) {
-  const auto* p = reinterpret_cast<const std::byte*>(&v);
-  b.insert(b.end(), p, p + 8);
-}
-inline void put_str(Bytes& b, std::string_view s) {
-  put_u64(b, s.size());
-  const auto* p = reinterpret_cast<const std::byte*>(s.data());
-  b.insert(b.end(), p, p + s.size());
-}
-// A value serialized in place as a byte string.
-template <class T>
-void put_value(Bytes& b, const T& v) {
-  const std::size_t at = b.size();
-  b.resize(at + 8);
-  serialize_into(b, v);
-  const std::uint64_t n = b.size() - at - 8;
-  std::memcpy(b.data() + at, &n, 8);
-}
-// Seconds, or -1 for "forever".
-inline void put_timeout(Bytes& b, Timeout t) {
-  put_f64(b, t ? std::chrono::duration<double>(*t).count() : -1.0);
-}
-
-// Bounds-checked reader: throws DeserializeError on a short read.
-class Reader {
- public:
-  explicit Reader(std::span<const std::byte> in) : in_(in) {}
-  std::uint64_t u64() {
-    std::uint64_t v;
-    std::memcpy(&v, take(8).data(), 8);
-    return v;
-  }
-  std::uint8_t u8() { return static_cast<std::uint8_t>(take(1)[0]); }
-  double f64() {
-    double v;
-    std::memcpy(&v, take(8).data(), 8);
-    return v;
-  }
-  std::span<const std::byte> bytes() { return take(u64()); }
-  std::string_view str() {
-    auto s = bytes();
-    return {reinterpret_cast<const char*>(s.data()), s.size()};
-  }
-  template <class T>
-  T value() {
-    return from_bytes<T>(bytes());
-  }
-  std::span<const std::byte> rest() { return take(in_.size() - pos_); }
-  bool done() const noexcept { return pos_ == in_.size(); }
-  std::size_t left() const noexcept { return in_.size() - pos_; }
-  std::span<const std::byte> take(std::uint64_t n);
-
- private:
-  std::span<const std::byte> in_;
-  std::size_t pos_ = 0;
-};
-}  // namespace detail::wire
-
 namespace detail {
-
-struct Endpoint;     // a process's pool of connections to one server
-struct CallContext;  // server side: the calling connection
-
-// The result of one call: status byte, then the method's reply.
-struct CallResult {
-  Bytes bytes;
-  wire::Reader reader() const { return wire::Reader(std::span<const std::byte>(bytes).subspan(1)); }
-};
-
-// A proxy's handle on its process's connection pool, reset after fork.
-// ep_ is guarded by the process-wide proxy registry's lock (managers.cpp),
-// which is held across fork: a lock of its own could be copied into a fork
-// child while another thread held it.
-class EndpointRef {
- public:
-  EndpointRef() = default;
-  EndpointRef(const EndpointRef& o);
-  EndpointRef& operator=(const EndpointRef& o);
-  ~EndpointRef() = default;
-  void reset();
-  // This process's pool for (address, authkey).
-  std::shared_ptr<Endpoint> get(const Address& address, const std::string& authkey) const;
-
- private:
-  std::shared_ptr<Endpoint> raw() const;
-  mutable std::shared_ptr<Endpoint> ep_;
-};
-
-class ProxyBase {
- public:
-  ProxyBase() = default;
-  ProxyBase(Address address, std::string authkey, std::uint64_t id);
-  std::uint64_t id() const noexcept { return id_; }
-  const Address& address() const noexcept { return address_; }
-
-  void save(OutputArchive& ar) const { ar(address_, authkey_, id_); }
-  void load(InputArchive& ar) {
-    ar(address_, authkey_, id_);
-    ep_.reset();
-  }
-
-  // A request for method on this object; append its arguments, then call().
-  Bytes request(std::string_view method) const;
-  CallResult call(Bytes&& request) const;
-
- protected:
-  friend class mproc::Manager;
-  Address address_;
-  std::string authkey_;
-  std::uint64_t id_ = 0;
-  EndpointRef ep_;
-};
 
 template <class... T>
 std::string type_sig() {
@@ -187,14 +73,16 @@ std::string type_sig() {
   return s;
 }
 
-// ---- server-side objects (servants) ----------------------------------------
-class Servant {
+// ---- user classes (register_type) -------------------------------------------
+// A registered class's instance on the server; invoke() runs one method,
+// found by name, from its serialized arguments (checked against the types
+// the method takes) and appends its serialized result.
+class UserObject {
  public:
-  virtual ~Servant() = default;
-  // Runs method; appends its reply to out. Throws for an unknown method or
-  // bad arguments (the caller gets the exception).
-  virtual void call(std::string_view method, wire::Reader& args, Bytes& out, CallContext& ctx) = 0;
-  std::string kind, sig;
+  virtual ~UserObject() = default;
+  virtual void invoke(std::string_view method, std::string_view arg_types, std::span<const std::byte> args,
+                      Bytes& out) = 0;
+  std::string type_name;
 };
 
 template <class T>
@@ -209,18 +97,17 @@ template <class T>
 using MethodTable = std::map<std::string, Method<T>, std::less<>>;
 
 template <class T>
-class UserServant final : public Servant {
+class UserObjectOf final : public UserObject {
  public:
-  explicit UserServant(std::shared_ptr<const MethodTable<T>> table) : table_(std::move(table)) {}
-  void call(std::string_view method, wire::Reader& args, Bytes& out, CallContext&) override {
+  explicit UserObjectOf(std::shared_ptr<const MethodTable<T>> table) : table_(std::move(table)) {}
+  void invoke(std::string_view method, std::string_view got, std::span<const std::byte> args, Bytes& out) override {
     auto it = table_->find(method);
     if (it == table_->end())
-      throw ValueError("mproc::Manager: " + sig + " has no method '" + std::string(method) + "'");
-    std::string_view got = args.str();
+      throw ValueError("mproc::Manager: " + type_name + " has no method '" + std::string(method) + "'");
     if (got != it->second.arg_sig)
-      throw ValueError("mproc::Manager: " + sig + "." + it->second.name + " takes (" +
+      throw ValueError("mproc::Manager: " + type_name + "." + it->second.name + " takes (" +
                                   it->second.arg_desc + "), not (" + demangle_args(got) + ")");
-    it->second.fn(obj_, args.rest(), out);  // one call at a time per object (the server holds its lock)
+    it->second.fn(obj_, args, out);  // one call at a time per object (the server holds its lock)
   }
 
  private:
@@ -233,8 +120,8 @@ class UserServant final : public Servant {
   std::shared_ptr<const MethodTable<T>> table_;
 };
 
-using ServantFactory = std::function<std::unique_ptr<Servant>()>;
-using TypeRegistry = std::map<std::string, ServantFactory, std::less<>>;
+using UserFactory = std::function<std::unique_ptr<UserObject>()>;
+using TypeRegistry = std::map<std::string, UserFactory, std::less<>>;
 
 // The argument type a value travels as: string literals go as std::string.
 template <class A>
@@ -279,18 +166,6 @@ detail::Method<T> method(std::string name, R (T::*pm)(A...) const) {
   return detail::make_method<T, R, A...>(std::move(name), pm);
 }
 
-// Timeout conversions for proxies' blocking calls.
-namespace detail {
-inline bool reply_bool(const CallResult& r) { return r.reader().u8() != 0; }
-inline std::uint64_t reply_u64(const CallResult& r) { return r.reader().u64(); }
-}  // namespace detail
-
-}  // namespace mproc
-
-#define MPROC_MANAGER_PROXIES_FROM_MANAGERS_HPP
-#include "mproc/manager_proxies.hpp"
-
-namespace mproc {
 
 struct ManagerOptions {
   // Where the server listens. Default (start()): a Unix socket in a fresh
@@ -351,39 +226,73 @@ class Manager {
   Process* server_process() noexcept { return server_.get(); }
 
   // ---- objects: anonymous, or named ("get or create" by name) -----------
+  // Initial contents apply when the object is made, not when a named one
+  // already exists.
   template <class K, class V>
   DictProxy<K, V> dict(std::string_view name = {}) {
-    return DictProxy<K, V>(make("dict", name, detail::type_sig<K, V>(), {}));
+    return dict<K, V>(std::initializer_list<std::pair<K, V>>{}, name);
+  }
+  template <class K, class V>
+  DictProxy<K, V> dict(std::initializer_list<std::pair<K, V>> init, std::string_view name = {}) {
+    return make_typed<DictProxy<K, V>>(name, detail::type_sig<K, V>(), init);
   }
   template <class T>
   ListProxy<T> list(std::string_view name = {}) {
-    return ListProxy<T>(make("list", name, detail::type_sig<T>(), {}));
+    return list<T>(std::initializer_list<T>{}, name);
+  }
+  template <class T>
+  ListProxy<T> list(std::initializer_list<T> init, std::string_view name = {}) {
+    return make_typed<ListProxy<T>>(name, detail::type_sig<T>(), init);
+  }
+  // Python's Manager().Array(typecode, sequence): fixed length.
+  template <class T>
+  ArrayProxy<T> array(std::initializer_list<T> init, std::string_view name = {}) {
+    return make_typed<ArrayProxy<T>>(name, detail::type_sig<T>(), init);
+  }
+  template <class T>
+  ArrayProxy<T> array(const std::vector<T>& init, std::string_view name = {}) {
+    return make_typed<ArrayProxy<T>>(name, detail::type_sig<T>(), init);
+  }
+  template <class T>
+  ArrayProxy<T> array(std::size_t size, const T& fill = T{}, std::string_view name = {}) {
+    return array<T>(std::vector<T>(size, fill), name);
   }
   template <class T>
   SetProxy<T> set(std::string_view name = {}) {
-    return SetProxy<T>(make("set", name, detail::type_sig<T>(), {}));
+    return make_typed<SetProxy<T>>(name, detail::type_sig<T>(), std::initializer_list<T>{});
   }
   template <class T>
   ValueProxy<T> value(const T& initial = T{}, std::string_view name = {}) {
-    Bytes init;
-    detail::wire::put_value(init, initial);
-    return ValueProxy<T>(make("value", name, detail::type_sig<T>(), init));
+    return make_typed<ValueProxy<T>>(name, detail::type_sig<T>(), initial);
   }
   // maxsize 0: unbounded.
   template <class T>
   QueueProxy<T> queue(std::size_t maxsize = 0, std::string_view name = {}) {
-    Bytes init;
-    detail::wire::put_u64(init, maxsize);
-    return QueueProxy<T>(make("queue", name, detail::type_sig<T>(), init));
+    return make_typed<QueueProxy<T>>(name, detail::type_sig<T>(), std::uint64_t{maxsize});
   }
-  LockProxy lock(std::string_view name = {}) { return LockProxy(make("lock", name, "", {})); }
-  EventProxy event(std::string_view name = {}) { return EventProxy(make("event", name, "", {})); }
+  template <class T>
+  JoinableQueueProxy<T> joinable_queue(std::size_t maxsize = 0, std::string_view name = {}) {
+    return make_typed<JoinableQueueProxy<T>>(name, detail::type_sig<T>(), std::uint64_t{maxsize});
+  }
+  LockProxy lock(std::string_view name = {}) { return make_typed<LockProxy>(name, "", detail::proto::None{}); }
+  RLockProxy rlock(std::string_view name = {}) { return make_typed<RLockProxy>(name, "", detail::proto::None{}); }
+  SemaphoreProxy semaphore(std::size_t value = 1, std::string_view name = {}) {
+    return make_typed<SemaphoreProxy>(name, "", std::pair<std::uint64_t, bool>(value, false));
+  }
+  // release() past the initial value: ValueError.
+  BoundedSemaphoreProxy bounded_semaphore(std::size_t value = 1, std::string_view name = {}) {
+    return make_typed<BoundedSemaphoreProxy>(name, "", std::pair<std::uint64_t, bool>(value, true));
+  }
+  ConditionProxy condition(std::string_view name = {}) {
+    return make_typed<ConditionProxy>(name, "", detail::proto::None{});
+  }
+  EventProxy event(std::string_view name = {}) { return make_typed<EventProxy>(name, "", detail::proto::None{}); }
   BarrierProxy barrier(std::size_t parties, std::string_view name = {}) {
-    Bytes init;
-    detail::wire::put_u64(init, parties);
-    return BarrierProxy(make("barrier", name, "", init));
+    return make_typed<BarrierProxy>(name, "", std::uint64_t{parties});
   }
-  NamespaceProxy namespace_(std::string_view name = {}) { return NamespaceProxy(make("namespace", name, "", {})); }
+  NamespaceProxy namespace_(std::string_view name = {}) {
+    return make_typed<NamespaceProxy>(name, "", detail::proto::None{});
+  }
 
   // ---- user classes (Python's register) ---------------------------------
   // Serves T through a table of named methods; T must be default-constructible.
@@ -394,16 +303,16 @@ class Manager {
     auto table = std::make_shared<detail::MethodTable<T>>();
     (table->emplace(methods.name, std::move(methods)), ...);
     std::shared_ptr<const detail::MethodTable<T>> ct = table;
-    (*types_)[type_name] = [ct, type_name]() -> std::unique_ptr<detail::Servant> {
-      auto s = std::make_unique<detail::UserServant<T>>(ct);
-      s->sig = type_name;
-      return s;
+    (*types_)[type_name] = [ct, type_name]() -> std::unique_ptr<detail::UserObject> {
+      auto o = std::make_unique<detail::UserObjectOf<T>>(ct);
+      o->type_name = type_name;
+      return o;
     };
   }
   // An instance of a registered type on the server.
   template <class T>
   ObjectProxy<T> create(std::string_view type_name, std::string_view name = {}) {
-    return ObjectProxy<T>(make("user", name, type_name, {}));
+    return make_typed<ObjectProxy<T>>(name, type_name, detail::proto::None{});
   }
 
   // Drops the server's object (its other proxies then get RemoteError).
@@ -413,7 +322,17 @@ class Manager {
 
  private:
   enum class State { idle, started, connected, serving };
-  detail::ProxyBase make(std::string_view kind, std::string_view name, std::string_view sig, const Bytes& init);
+  // A proxy of type Proxy for a new (or the named) object, made with init
+  // encoded as its protocol's creation data.
+  template <class Proxy, class Init>
+  Proxy make_typed(std::string_view name, std::string_view sig, const Init& init) {
+    using P = typename Proxy::protocol;
+    Bytes data;
+    detail::Codec<typename P::init, typename Proxy::binding>::put(data, init);
+    return Proxy(make(P::kind, P::fingerprint, name, sig, data));
+  }
+  detail::ProxyBase make(std::string_view kind, std::uint64_t fingerprint, std::string_view name,
+                         std::string_view sig, const Bytes& init);
   void require_running(const char* op) const;
 
   ManagerOptions options_;
@@ -422,7 +341,7 @@ class Manager {
   State state_ = State::idle;
   std::shared_ptr<detail::TypeRegistry> types_;
   std::unique_ptr<Process> server_;
-  detail::ProxyBase root_;  // object 0: the server itself
+  detail::ServerProxy root_;  // object 0: the server itself
 };
 
 }  // namespace mproc

@@ -200,9 +200,9 @@ void BM_ExecutorSubmit16MiB(benchmark::State& state) {
   try {
     mproc::ProcessPoolExecutor ex(mproc::PoolOptions{.max_workers = 1, .start_method = mproc::StartMethod::fork});
     const std::vector<std::uint32_t> v(std::size_t{4} << 20, 1u);
-    (void)ex.submit(sum_u32, v).result();
+    (void)ex.submit(sum_u32, v).get();
     for (auto _ : state) {
-      if (ex.submit(sum_u32, v).result() != v.size()) {
+      if (ex.submit(sum_u32, v).get() != v.size()) {
         state.SkipWithError("wrong result");
         break;
       }

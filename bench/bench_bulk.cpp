@@ -161,7 +161,7 @@ void BM_PoolMapBulk(benchmark::State& state, bool echo) {
   // 128 MiB a map (at most 512 items, at least 8): 512 x 64 KiB, 128 x 1 MiB, 8 x 16 MiB.
   const std::size_t count = std::clamp<std::size_t>((std::size_t{128} << 20) / size, 8, 512);
   try {
-    mproc::Pool pool(mproc::PoolOptions{.max_workers = 2, .start_method = mproc::StartMethod::fork});
+    mproc::Pool pool(mproc::PoolOptions{.max_workers = 2});  // the default start method, as users get
     std::vector<bulk_pool::Item> items(count, bulk_pool::Item(size, 5));
     (void)pool.map(bulk_pool::sum_ends, items, 1);  // warm: workers up, arenas faulted in
     for (auto _ : state) {
@@ -198,7 +198,7 @@ std::uint64_t sum_u32(std::vector<std::uint32_t> v) {
 }
 void BM_ExecutorSubmit16MiB(benchmark::State& state) {
   try {
-    mproc::ProcessPoolExecutor ex(mproc::PoolOptions{.max_workers = 1, .start_method = mproc::StartMethod::fork});
+    mproc::ProcessPoolExecutor ex(mproc::PoolOptions{.max_workers = 1});
     const std::vector<std::uint32_t> v(std::size_t{4} << 20, 1u);
     (void)ex.submit(sum_u32, v).get();
     for (auto _ : state) {

@@ -195,3 +195,22 @@ INSTANTIATE_TEST_SUITE_P(
                       std::pair<std::uint64_t, std::uint64_t>{0, TaskArena::kResultsCap + 1},
                       std::pair<std::uint64_t, std::uint64_t>{0, std::uint64_t{1} << 40},
                       std::pair<std::uint64_t, std::uint64_t>{~std::uint64_t{0} - 10, 4096}));
+
+// The arena's allocator: regions in FIFO order, back to the start as soon
+// as it is free there, never overlapping what is held.
+TEST(PoolBulk, RegionFifoReusesTheStartAndNeverOverlaps) {
+  mproc::detail::RegionFifo fifo(1024);
+  EXPECT_EQ(fifo.take(300, 1), std::optional<std::size_t>(0));
+  EXPECT_EQ(fifo.take(300, 2), std::optional<std::size_t>(320));  // aligned to 64
+  EXPECT_EQ(fifo.take(300, 3), std::optional<std::size_t>(640));
+  EXPECT_EQ(fifo.take(300, 4), std::nullopt);  // 960..1024 is too small, the start is held
+  EXPECT_TRUE(fifo.give_back(1));
+  EXPECT_EQ(fifo.take(300, 4), std::optional<std::size_t>(0));  // the start again
+  EXPECT_EQ(fifo.take(64, 5), std::nullopt);  // [320, 1024) and [0, 320) held
+  EXPECT_TRUE(fifo.give_back(3));             // out of order: a hole until 2 goes
+  EXPECT_EQ(fifo.take(64, 5), std::nullopt);
+  EXPECT_TRUE(fifo.give_back(2));
+  EXPECT_EQ(fifo.take(64, 5), std::optional<std::size_t>(320));
+  EXPECT_EQ(fifo.take(2048, 6), std::nullopt);  // larger than the area
+  EXPECT_FALSE(fifo.give_back(99));
+}

@@ -32,14 +32,14 @@ std::optional<std::size_t> RegionFifo::take(std::size_t len, std::uint64_t tag) 
   if (!regions_.empty()) {
     const std::size_t first = regions_.front().off;
     const std::size_t end = regions_.back().off + regions_.back().len;
-    if (end >= first) {  // held: [first, end); free: [end, cap) and [0, first)
+    if (regions_.back().off >= first) {  // held: [first, end); free: [end, cap) and [0, first)
       // Back to the start as soon as it is free there: a steady stream then
       // cycles over the same few regions (pages faulted once) instead of
       // walking the whole area.
       if (first >= len) off = 0;
       else if (cap_ - end >= len) off = end;
       else return std::nullopt;
-    } else {  // wrapped: held [first, cap) and [0, end); free: [end, first)
+    } else {  // wrapped (the newest lies before the oldest): held [first, cap) and [0, end); free: [end, first)
       if (first - end >= len) off = end;
       else return std::nullopt;
     }

@@ -6,6 +6,7 @@
 // Queue 1 MiB messages >= 2 GB/s.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -15,6 +16,8 @@
 #include <vector>
 
 #include "mproc/connection.hpp"
+#include "mproc/executor.hpp"
+#include "mproc/pool.hpp"
 #include "mproc/process.hpp"
 #include "mproc/queues.hpp"
 
@@ -140,3 +143,73 @@ void BM_Queue1MiB(benchmark::State& state) {
 BENCHMARK(BM_Queue1MiB)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 }  // namespace
+
+// ---- Pool with large items (issue 13) ---------------------------------------
+// Pool(2).map over `count` items of `size` bytes, chunksize 1; the task
+// returns a tiny checksum (args) or its item (echo). Bytes counted: the
+// items' (one way), as CPython's side (python_baseline.py pool_map_bulk_*).
+namespace bulk_pool {
+using Item = std::vector<unsigned char>;
+std::uint64_t sum_ends(Item b) {
+  return b.size() + (b.empty() ? 0 : static_cast<std::uint64_t>(b.front()) + static_cast<std::uint64_t>(b.back()));
+}
+Item echo(Item b) { return b; }
+}  // namespace bulk_pool
+
+void BM_PoolMapBulk(benchmark::State& state, bool echo) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  // 128 MiB a map (at most 512 items, at least 8): 512 x 64 KiB, 128 x 1 MiB, 8 x 16 MiB.
+  const std::size_t count = std::clamp<std::size_t>((std::size_t{128} << 20) / size, 8, 512);
+  try {
+    mproc::Pool pool(mproc::PoolOptions{.max_workers = 2});  // the default start method, as users get
+    std::vector<bulk_pool::Item> items(count, bulk_pool::Item(size, 5));
+    (void)pool.map(bulk_pool::sum_ends, items, 1);  // warm: workers up, arenas faulted in
+    for (auto _ : state) {
+      if (echo) {
+        auto out = pool.map(bulk_pool::echo, items, 1);
+        if (out.size() != items.size() || out.back().size() != size) {
+          state.SkipWithError("wrong results");
+          break;
+        }
+      } else {
+        auto out = pool.map(bulk_pool::sum_ends, items, 1);
+        if (out.size() != items.size() || out.back() != size + 10) {
+          state.SkipWithError("wrong results");
+          break;
+        }
+      }
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(items.size() * size));
+  } catch (const std::exception& e) {
+    state.SkipWithError((std::string("exception: ") + e.what()).c_str());
+  }
+}
+BENCHMARK_CAPTURE(BM_PoolMapBulk, args, false)
+    ->Arg(64 << 10)->Arg(1 << 20)->Arg(16 << 20)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_PoolMapBulk, echo, true)
+    ->Arg(64 << 10)->Arg(1 << 20)->Arg(16 << 20)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// ProcessPoolExecutor(1).submit of a 16 MiB std::vector<std::uint32_t>; the
+// task returns its sum. Bytes counted: the vector's.
+std::uint64_t sum_u32(std::vector<std::uint32_t> v) {
+  std::uint64_t s = 0;
+  for (auto x : v) s += x;
+  return s;
+}
+void BM_ExecutorSubmit16MiB(benchmark::State& state) {
+  try {
+    mproc::ProcessPoolExecutor ex(mproc::PoolOptions{.max_workers = 1});
+    const std::vector<std::uint32_t> v(std::size_t{4} << 20, 1u);
+    (void)ex.submit(sum_u32, v).get();
+    for (auto _ : state) {
+      if (ex.submit(sum_u32, v).get() != v.size()) {
+        state.SkipWithError("wrong result");
+        break;
+      }
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(v.size() * sizeof(std::uint32_t)));
+  } catch (const std::exception& e) {
+    state.SkipWithError((std::string("exception: ") + e.what()).c_str());
+  }
+}
+BENCHMARK(BM_ExecutorSubmit16MiB)->UseRealTime()->Unit(benchmark::kMillisecond);

@@ -12,6 +12,7 @@ median over rounds. Prints the table and rewrites docs/benchmarks.md (unless
 import argparse
 import datetime
 import json
+import re
 import os
 import platform
 import shlex
@@ -78,6 +79,22 @@ ROWS = [
     ("Connection.send_bytes 64 MiB, recv_bytes (fresh buffer) + ack", "pipe_bandwidth_64MiB",
      "BM_ConnectionSendBytes64MiB/recv_bytes", "BM_RawSocketStream64MiB", "raw socketpair stream", "bw"),
     ("Queue 1→1, 1 MiB messages", "queue_1MiB", "BM_Queue1MiB", "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
+    # Pool with large items: Pool(2).map, chunksize 1, 128 MiB of items a map (bench_bulk.cpp); the
+    # task returns a checksum ("arguments") or its item ("echo"); bytes one way.
+    ("Pool.map 64 KiB items, arguments only", "pool_map_bulk_args_64KiB", "BM_PoolMapBulk/args/65536",
+     "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
+    ("Pool.map 1 MiB items, arguments only", "pool_map_bulk_args_1MiB", "BM_PoolMapBulk/args/1048576",
+     "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
+    ("Pool.map 16 MiB items, arguments only", "pool_map_bulk_args_16MiB", "BM_PoolMapBulk/args/16777216",
+     "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
+    ("Pool.map 64 KiB items, echo", "pool_map_bulk_echo_64KiB", "BM_PoolMapBulk/echo/65536",
+     "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
+    ("Pool.map 1 MiB items, echo", "pool_map_bulk_echo_1MiB", "BM_PoolMapBulk/echo/1048576",
+     "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
+    ("Pool.map 16 MiB items, echo", "pool_map_bulk_echo_16MiB", "BM_PoolMapBulk/echo/16777216",
+     "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
+    ("Executor submit of a 16 MiB vector, 1 worker", "executor_submit_16MiB", "BM_ExecutorSubmit16MiB",
+     "BM_RawSocketStream64MiB", "raw socketpair stream", "bw"),
     # Issue 5: managers (bench/bench_managers.cpp), over the local Unix socket.
     ("Manager dict set+get pairs", "manager_dict_setget", "BM_ManagerDictSetGet/tcp:0", None, None, "rate"),
     ("Manager dict: 10^5 items in one update (CPython: item by item)", "manager_dict_itemwise",
@@ -307,7 +324,8 @@ def main():
     one_cpu = None
     if args.one_cpu != "none":
         one_cpu = {int(args.one_cpu) if args.one_cpu else min(os.sched_getaffinity(0))}
-    workloads = sorted({r[1] for r in ROWS if not r[1].startswith(ONE_CPU)})
+    workloads = sorted({r[1] for r in ROWS if not r[1].startswith(ONE_CPU)
+                        and (not args.filter or re.search(args.filter, r[2]))})  # a subset: its rows only
 
     mp_rounds, py_rounds = [], []
     context, py_header = {}, ""

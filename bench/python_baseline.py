@@ -120,6 +120,42 @@ def bench_pool_map(n, chunksize):
     return n / dt
 
 
+def _sum_ends(b):
+    return len(b) + (b[0] + b[-1] if b else 0)
+
+
+def bench_pool_map_bulk(size, echo, rounds):
+    """Pool(2).map over 128 MiB of `size`-byte items (8..512 of them), chunksize 1,
+    as BM_PoolMapBulk; GB/s of item bytes one way."""
+    count = min(512, max(8, (128 << 20) // size))
+    items = [bytes([5]) * size for _ in range(count)]
+    fn = ident if echo else _sum_ends
+    with mp.Pool(2) as pool:
+        pool.map(_sum_ends, items, chunksize=1)  # warm
+        t = time.perf_counter()
+        for _ in range(rounds):
+            pool.map(fn, items, chunksize=1)
+        dt = time.perf_counter() - t
+    return count * size * rounds / dt / 1e9
+
+
+def _sum_u32(a):
+    return sum(a)
+
+
+def bench_executor_submit_16MiB(n):
+    """ProcessPoolExecutor(1).submit of 16 MiB of uint32 (array('I')), as BM_ExecutorSubmit16MiB."""
+    import array
+    v = array.array("I", [1]) * (4 << 20)
+    with ProcessPoolExecutor(1) as ex:
+        ex.submit(len, v).result()
+        t = time.perf_counter()
+        for _ in range(n):
+            ex.submit(len, v).result()
+        dt = time.perf_counter() - t
+    return 16 * (1 << 20) * n / dt / 1e9
+
+
 def bench_executor_roundtrip(n):
     with ProcessPoolExecutor(1) as ex:
         ex.submit(ident, 0).result()
@@ -271,6 +307,13 @@ WORKLOADS = {
     "queue_throughput_small": (lambda s: bench_queue_throughput(s(100_000)), "msgs/s"),
     "queue_pingpong": (lambda s: bench_queue_pingpong(s(10_000)), "us/roundtrip"),
     "queue_1MiB": (lambda s: bench_queue_big(1 << 20, s(200)), "GB/s"),
+    "pool_map_bulk_args_64KiB": (lambda s: bench_pool_map_bulk(64 << 10, False, max(1, s(2))), "GB/s"),
+    "pool_map_bulk_args_1MiB": (lambda s: bench_pool_map_bulk(1 << 20, False, max(1, s(2))), "GB/s"),
+    "pool_map_bulk_args_16MiB": (lambda s: bench_pool_map_bulk(16 << 20, False, max(1, s(2))), "GB/s"),
+    "pool_map_bulk_echo_64KiB": (lambda s: bench_pool_map_bulk(64 << 10, True, max(1, s(2))), "GB/s"),
+    "pool_map_bulk_echo_1MiB": (lambda s: bench_pool_map_bulk(1 << 20, True, max(1, s(2))), "GB/s"),
+    "pool_map_bulk_echo_16MiB": (lambda s: bench_pool_map_bulk(16 << 20, True, max(1, s(2))), "GB/s"),
+    "executor_submit_16MiB": (lambda s: bench_executor_submit_16MiB(max(1, s(10))), "GB/s"),
     "value_lock_increments": (lambda s: bench_value_lock(s(50_000)), "ops/s"),
     "manager_dict_setget": (lambda s: bench_manager_dict_setget(s(5_000)), "pairs/s"),
     "manager_dict_itemwise": (lambda s: bench_manager_dict_itemwise(s(10_000)), "items/s"),

@@ -40,8 +40,17 @@ namespace mproc::detail {
 
 void Engine::Impl::send(pool::WorkerId slot, const std::deque<pool::InFlight>& flight, std::size_t first) {
   batch.refs.clear();
-  for (std::size_t k = first; k < flight.size(); ++k)
-    batch.refs.emplace_back(flight[k].task.state->id, &flight[k].task.call);
+  TaskArena& arena = workers[slot]->arena;
+  for (std::size_t k = first; k < flight.size(); ++k) {
+    const std::uint64_t id = flight[k].task.state->id;
+    const Call& call = flight[k].task.call;
+    std::optional<std::uint64_t> bulk;
+    // Large: the socket carries a descriptor (the region is freed by this
+    // task's result, on_result, or goes with the worker's arena). No room
+    // now: inline, as a small one.
+    if (call.payload.size() >= TaskArena::kThreshold) bulk = arena.stage_argument(id, call.payload);
+    batch.refs.push_back(TaskRef{id, &call, bulk});
+  }
   events.tasks_sent(slot, flight, first);
   try {
     workers[slot]->conn.send(batch);
@@ -90,6 +99,18 @@ void Engine::Impl::on_result(std::size_t slot, ResultMsg&& msg, Completions& don
     throw ProtocolError(fmt::format("a result for task {}, which is not the task it runs", msg.id));
   }
   const std::uint64_t id = msg.id;
+  w.arena.release_argument(id);  // the worker is done with its argument
+  if (msg.bulk_len) {
+    if (!msg.ok || msg.too_large || msg.fault || !msg.data.empty())
+      throw ProtocolError(fmt::format("task {}: a result descriptor of {} bytes on a record that is not a plain "
+                                      "result", id, msg.bulk_len));
+    if (msg.bulk_len > max_result())
+      throw ProtocolError(fmt::format("task {}: a result descriptor of {} bytes, over the pool's limit of {} bytes",
+                                      id, msg.bulk_len, max_result()));
+    const std::span<const std::byte> bytes = w.arena.result(msg.bulk_off, msg.bulk_len);  // checked bounds
+    msg.data.assign(bytes.begin(), bytes.end());
+    w.arena.result_consumed();
+  }
   std::exception_ptr error;
   if (msg.too_large) error = std::make_exception_ptr(ResultTooLarge(id, msg.too_large, max_result()));
   else if (msg.fault)  // this task broke the worker's fds (it stops next)

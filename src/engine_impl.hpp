@@ -98,6 +98,16 @@ struct Engine::Impl : Progress, pool::Transport {
   // is dying: its sentinel will tell, and worker_died() requeues what never
   // started.
   void send(pool::WorkerId slot, const std::deque<pool::InFlight>& flight, std::size_t first) override;
+  // A large payload is staged in the worker's arena (usually: it may go
+  // inline when the arena is full, then the socket's own bulk path carries
+  // it as a 16-byte frame plus a memfd, so it cannot fill the socket buffer
+  // either). Counted as a few KiB, so a few large tasks queue behind the
+  // running one (the worker never waits for its next argument) while the
+  // arena holds at most ~8 of them.
+  std::size_t queued_size(const Call& call) const override {
+    return call.payload.size() >= TaskArena::kThreshold ? kQueuedBulkSize : call.payload.size();
+  }
+  static constexpr std::size_t kQueuedBulkSize = 4 << 10;
 
   // The timer is set again before mu is released (assign, on_timer),
   // wherever a running task got a deadline.

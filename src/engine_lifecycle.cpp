@@ -15,13 +15,14 @@ std::unique_ptr<Worker> Engine::Impl::start_worker(std::size_t slot) {
   auto w = std::make_unique<Worker>();
   auto [mine, theirs] = Pipe(true);
   w->ring = ResultRing::create();
+  w->arena = TaskArena::create();
   w->bell = sys::UniqueFd(sys::check(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd(doorbell)"));
   ProcessOptions po;
   po.name = fmt::format("{}-{}", opt.name, ++worker_counter);
   po.daemon = true;  // killed, not joined, if the engine is torn down
   po.start_method = opt.start_method;
   w->proc = Process(std::move(po), worker_main, std::move(theirs), config, PassedFd{w->ring.fd()},
-                    PassedFd{w->bell.get()});
+                    PassedFd{w->bell.get()}, PassedFd{w->arena.fd()});
   w->proc.start();
   w->conn = std::move(mine);
   w->pid = w->proc.pid();

@@ -9,6 +9,7 @@
 #include "mproc/connection.hpp"
 #include "mproc/process.hpp"
 #include "pool/scheduler.hpp"
+#include "pool/task_arena.hpp"
 #include "result_ring.hpp"
 #include "sys/fd.hpp"
 
@@ -21,6 +22,7 @@ struct Worker {
   Connection conn;      // tasks, engine → worker (the worker shut its side for writing)
   ResultRing ring;      // results, worker → engine
   sys::UniqueFd bell;   // the worker's doorbell (eventfd)
+  TaskArena arena;      // large arguments and results (pool/task_arena.hpp)
   Bytes partial;        // the chunks of a large result read so far
   Bytes record;         // the last record read (kept: no allocation per result)
   pid_t pid = 0;

@@ -1,6 +1,7 @@
 // Internal: what the pool engine and its workers say to each other.
 //
-//   engine → worker   TaskBatch{TaskMsg{id, call}...} on the socket
+//   engine → worker   TaskBatch{TaskMsg{id, call}...} on the socket (a large
+//                     payload staged in the worker's TaskArena instead)
 //                     (id kStop: exit)
 //   worker → engine   ResultMsg{id, ok, retiring, too_large, fault, data} in
 //                     the shared ResultRing only (large ones in chunks), and
@@ -10,7 +11,9 @@
 //                     id kStop: the worker stops because a task broke its
 //                       fds after its result went out (`retiring` set): its
 //                       death is no task's fault
-//                     ok: data = the serialized result; else an ErrorInfo
+//                     ok: data = the serialized result (or, when large,
+//                       bulk_off/bulk_len in the worker's TaskArena: see
+//                       pool/task_arena.hpp); else an ErrorInfo
 //                     too_large: the result was this many bytes, over the
 //                       pool's limit; data is empty
 //                     fault: this task broke the worker's fds (closed, dup2'd
@@ -38,13 +41,24 @@ namespace mproc::detail {
 
 inline constexpr std::uint64_t kStop = std::numeric_limits<std::uint64_t>::max();
 
+// bulk_len != 0: the payload is not in call.payload (empty) but in the
+// worker's TaskArena, arguments area [bulk_off, bulk_off + bulk_len).
 struct TaskMsg {
   std::uint64_t id = 0;
   Call call;
+  std::uint64_t bulk_off = 0, bulk_len = 0;
   template <class A>
   void serialize(A& ar) {
-    ar(id, call);
+    ar(id, call, bulk_off, bulk_len);
   }
+};
+
+// One task as the engine sends it: its call stays in the in-flight table;
+// `bulk` when its payload was staged in the worker's arena.
+struct TaskRef {
+  std::uint64_t id;
+  const Call* call;
+  std::optional<std::uint64_t> bulk_off;
 };
 
 // Several tasks in one write: tiny tasks cost one syscall per batch. The
@@ -52,7 +66,7 @@ struct TaskMsg {
 // sent again if the worker dies before starting them); workers load `tasks`.
 struct TaskBatch {
   std::vector<TaskMsg> tasks;
-  std::vector<std::pair<std::uint64_t, const Call*>> refs;
+  std::vector<TaskRef> refs;
   template <class A>
   void save(A& ar) const {
     if (refs.empty()) {
@@ -60,7 +74,10 @@ struct TaskBatch {
       return;
     }
     ar(cereal::make_size_tag(static_cast<cereal::size_type>(refs.size())));
-    for (const auto& [id, call] : refs) ar(id, *call);
+    for (const TaskRef& r : refs) {
+      if (r.bulk_off) ar(r.id, r.call->entry, cereal::make_size_tag(cereal::size_type{0}), *r.bulk_off, std::uint64_t{r.call->payload.size()});
+      else ar(r.id, r.call->entry, r.call->payload, std::uint64_t{0}, std::uint64_t{0});
+    }
   }
   template <class A>
   void load(A& ar) {
@@ -75,9 +92,12 @@ struct ResultMsg {
   std::uint64_t too_large = 0;
   bool fault = false;
   Bytes data;
+  // bulk_len != 0: the (ok) result is not in data (empty) but in the
+  // worker's TaskArena, results area [bulk_off, bulk_off + bulk_len).
+  std::uint64_t bulk_off = 0, bulk_len = 0;
   template <class A>
   void serialize(A& ar) {
-    ar(id, ok, retiring, too_large, fault, data);
+    ar(id, ok, retiring, too_large, fault, data, bulk_off, bulk_len);
   }
 };
 
@@ -93,6 +113,6 @@ struct WorkerConfig {
 };
 
 // The worker process's target.
-void worker_main(Connection conn, WorkerConfig config, PassedFd ring, PassedFd doorbell);
+void worker_main(Connection conn, WorkerConfig config, PassedFd ring, PassedFd doorbell, PassedFd arena);
 
 }  // namespace mproc::detail

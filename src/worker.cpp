@@ -14,6 +14,7 @@
 #include <fstream>
 
 #include "launch.hpp"
+#include "pool/task_arena.hpp"
 #include "pool_protocol.hpp"
 
 namespace mproc::detail {
@@ -144,8 +145,29 @@ enum class Delivered { whole, whole_bell_gone, not_at_all, in_part };
 // ResultTooLarge, the worker goes on).
 // `bytes` is the worker's one serialization buffer, kept from task to task.
 // `verified`: see ring_if_sleeping().
-[[nodiscard]] Delivered deliver(ResultRing& ring, const OwnFds& fds, bool verified, const ResultMsg& result,
-                                std::uint64_t max_result, Bytes& bytes) {
+// A large ok result goes through the arena (`arena` given): its bytes are
+// copied there once and the ring carries a descriptor.
+[[nodiscard]] Delivered place_in_arena(TaskArena& arena, ResultRing& ring, const OwnFds& fds, bool verified,
+                                       ResultMsg& result) {
+  std::optional<std::size_t> off;
+  while (!(off = arena.place_result(result.data))) {
+    // No room: the engine has not read earlier results yet. Make sure it is
+    // awake, then give it time (as for a full ring).
+    if (!ring_if_sleeping(ring, fds, verified)) return Delivered::not_at_all;
+    ::usleep(20);
+  }
+  result.bulk_off = *off;
+  result.bulk_len = result.data.size();
+  result.data.clear();  // keeps its capacity for the next task
+  return Delivered::whole;
+}
+
+[[nodiscard]] Delivered deliver(ResultRing& ring, const OwnFds& fds, bool verified, ResultMsg& result,
+                                std::uint64_t max_result, Bytes& bytes, TaskArena* arena = nullptr) {
+  if (arena && result.ok && !result.fault && result.data.size() >= TaskArena::kThreshold &&
+      result.data.size() <= TaskArena::kResultsCap && (!max_result || result.data.size() + 64 <= max_result)) {
+    if (place_in_arena(*arena, ring, fds, verified, result) != Delivered::whole) return Delivered::not_at_all;
+  }
   bytes.clear();
   serialize_into(bytes, result);
   if (max_result && bytes.size() > max_result) {
@@ -192,15 +214,16 @@ enum class Delivered { whole, whole_bell_gone, not_at_all, in_part };
     std::memcpy(msg.data.data(), text.data(), text.size());
   }
   // The doorbell may be gone: never wait for room that only it can make.
-  const Delivered sent = deliver(ring, fds, false, msg, 0, bytes);
+  const Delivered sent = deliver(ring, fds, false, msg, 0, bytes);  // never through the arena
   if (sent == Delivered::whole || sent == Delivered::whole_bell_gone || !culprit) ring.set_running(0);
   throw ProtocolError(what + "; this worker stops");
 }
 
 }  // namespace
 
-void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedFd bell_fd) {
+void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedFd bell_fd, PassedFd arena_fd) {
   ResultRing ring = ResultRing::attach(ring_fd.fd);
+  TaskArena arena = TaskArena::attach(arena_fd.fd);  // closes the fd: the mapping is all it needs
   const sys::UniqueFd bell(bell_fd.fd);
   const OwnFds fds(conn.fileno(), ring_fd.fd, bell.get());
   Checks checks;
@@ -224,9 +247,8 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
       auto* entry = config.initializer->entry.get<void(std::span<const std::byte>, Bytes&)>();
       entry(config.initializer->payload, ignored);
     } catch (...) {
-      (void)deliver(ring, fds, false,
-                    ResultMsg{0, false, true, 0, false, to_bytes(capture_error(std::current_exception()))}, 0,
-                    out);  // we exit next: the engine finds it in the ring either way
+      ResultMsg failed{0, false, true, 0, false, to_bytes(capture_error(std::current_exception()))};
+      (void)deliver(ring, fds, false, failed, 0, out);  // we exit next: the engine finds it in the ring either way
       return;
     }
   }
@@ -256,7 +278,11 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
     ResultMsg result{task.id, true, false, 0, false, {}};
     try {
       auto* entry = task.call.entry.get<void(std::span<const std::byte>, Bytes&)>();
-      entry(task.call.payload, result.data);
+      // A large argument is read in place, from the arena (the engine frees
+      // its region when this task's result arrives).
+      const std::span<const std::byte> payload =
+          task.bulk_len ? arena.argument(task.bulk_off, task.bulk_len) : std::span<const std::byte>(task.call.payload);
+      entry(payload, result.data);
     } catch (...) {
       result.ok = false;
       result.data = to_bytes(capture_error(std::current_exception()));
@@ -279,7 +305,7 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
     }
     Delivered sent = Delivered::whole;
     try {
-      sent = deliver(ring, fds, verified && damage.empty(), result, config.max_result, out);
+      sent = deliver(ring, fds, verified && damage.empty(), result, config.max_result, out, &arena);
     } catch (const Error&) {
       ring.set_running(task.id);  // the task may have scribbled it too: this one broke us
       throw;

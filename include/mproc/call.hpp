@@ -5,6 +5,8 @@
 #pragma once
 #include <atomic>
 #include <functional>
+#include <iterator>
+#include <ranges>
 #include <optional>
 #include <span>
 #include <string>
@@ -187,8 +189,15 @@ Call make_chunk_call(const F& fn, It first, It last) {
   Call c{entry_ref<&chunk_entry<F, Item, Star>>(), {}};
   OutputArchive ar(c.payload);
   save_callable(ar, fn);
-  std::vector<Item> items(first, last);
-  ar(items);
+  if constexpr (std::forward_iterator<It>) {
+    // As std::vector<Item> is written (its size, then each item), straight
+    // from the caller's items: a large item is copied once, not twice.
+    ar(cereal::make_size_tag(static_cast<cereal::size_type>(std::ranges::distance(first, last))));
+    for (; first != last; ++first) ar(static_cast<const Item&>(*first));
+  } else {
+    std::vector<Item> items(first, last);
+    ar(items);
+  }
   return c;
 }
 

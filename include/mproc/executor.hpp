@@ -91,6 +91,15 @@ auto submit_chunks(AnyEngine& engine, const F& fn, const Range& items, std::size
   std::vector<Item> buf;
   std::vector<Call> calls;
   while (it != end) {
+    if constexpr (std::ranges::forward_range<const Range> &&
+                  std::is_same_v<std::remove_cvref_t<std::ranges::range_reference_t<const Range>>, Item>) {
+      // Serialized from the items themselves: no copy of a large item first.
+      auto stop = it;
+      for (std::size_t n = 0; stop != end && n < chunksize; ++n) ++stop;
+      calls.push_back(make_chunk_call<F, Item, Star>(fn, it, stop));
+      it = stop;
+      continue;
+    }
     buf.clear();
     for (; it != end && buf.size() < chunksize; ++it) buf.push_back(*it);
     calls.push_back(make_chunk_call<F, Item, Star>(fn, buf.begin(), buf.end()));

@@ -57,7 +57,7 @@ void Scheduler::assign() {
           (!best || s.flight.size() < best->flight.size()))
         best = &s;
     if (!best) break;
-    const std::size_t size = queue_.front().call.payload.size();
+    const std::size_t size = transport_.queued_size(queue_.front().call);
     if (!best->flight.empty() && best->queued_bytes + size > rule_.max_queued_bytes) break;
     Pending p = std::move(queue_.front());
     queue_.pop_front();
@@ -88,7 +88,7 @@ void Scheduler::complete_head(WorkerId worker, Bytes result, std::exception_ptr 
   s.flight.pop_front();
   --in_flight_;
   // The next task now runs: it no longer waits behind another.
-  if (!s.flight.empty()) s.queued_bytes -= std::min(s.queued_bytes, s.flight.front().task.call.payload.size());
+  if (!s.flight.empty()) s.queued_bytes -= std::min(s.queued_bytes, transport_.queued_size(s.flight.front().task.call));
   arm_head(s);
   settle(done, std::move(task), std::move(result), std::move(error));
 }

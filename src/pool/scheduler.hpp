@@ -122,6 +122,10 @@ struct DepthRule {
 // tasks: flight[first..] are new, in order.
 struct Transport {
   virtual void send(WorkerId worker, const std::deque<InFlight>& flight, std::size_t first) = 0;
+  // The bytes a queued task occupies on the way (DepthRule::max_queued_bytes):
+  // its payload, unless the transport moves it aside (the local engine's
+  // large payloads travel as a descriptor).
+  virtual std::size_t queued_size(const Call& call) const { return call.payload.size(); }
 
  protected:
   ~Transport() = default;

@@ -1,0 +1,169 @@
+// Large task arguments and results through a per-worker memfd: see task_arena.hpp.
+#include "pool/task_arena.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <utility>
+
+#include "mproc/errors.hpp"
+
+namespace mproc::detail {
+
+namespace {
+constexpr std::size_t kArgsAt = 4096;
+constexpr std::size_t kResultsAt = kArgsAt + TaskArena::kArgsCap;
+constexpr std::size_t kBytes = kResultsAt + TaskArena::kResultsCap;
+constexpr std::size_t kAlign = 64;
+constexpr std::size_t align_up(std::size_t n) { return (n + kAlign - 1) & ~(kAlign - 1); }
+}  // namespace
+
+// ---- RegionFifo -------------------------------------------------------------
+
+std::optional<std::size_t> RegionFifo::take(std::size_t len, std::uint64_t tag) {
+  len = align_up(std::max<std::size_t>(len, 1));
+  if (len > cap_) return std::nullopt;
+  std::size_t off = 0;
+  if (!regions_.empty()) {
+    const std::size_t first = regions_.front().off;
+    const std::size_t end = regions_.back().off + regions_.back().len;
+    if (regions_.back().off >= first) {  // held: [first, end); free: [end, cap) and [0, first)
+      // Back to the start as soon as it is free there: a steady stream then
+      // cycles over the same few regions (pages faulted once) instead of
+      // walking the whole area.
+      if (first >= len) off = 0;
+      else if (cap_ - end >= len) off = end;
+      else return std::nullopt;
+    } else {  // wrapped (the newest lies before the oldest): held [first, cap) and [0, end); free: [end, first)
+      if (first - end >= len) off = end;
+      else return std::nullopt;
+    }
+  }
+  regions_.push_back({tag, off, len});
+  return off;
+}
+
+bool RegionFifo::give_back(std::uint64_t tag) {
+  for (auto it = regions_.begin(); it != regions_.end(); ++it) {
+    if (it->tag != tag) continue;
+    // Out of order (rare: a task resent elsewhere): its bytes stay held
+    // until those before it go, but it no longer counts as the last.
+    if (it == regions_.begin() || std::next(it) == regions_.end()) regions_.erase(it);
+    else it->tag = ~std::uint64_t{0};  // a hole, freed with its neighbours
+    while (!regions_.empty() && regions_.front().tag == ~std::uint64_t{0}) regions_.pop_front();
+    return true;
+  }
+  return false;
+}
+
+// ---- TaskArena --------------------------------------------------------------
+
+struct TaskArena::Header {
+  std::atomic<std::uint64_t> results_consumed;  // written by the engine only
+};
+
+TaskArena::Header* TaskArena::header() const noexcept { return reinterpret_cast<Header*>(base_); }
+
+TaskArena TaskArena::create() {
+  sys::UniqueFd fd(::memfd_create("mproc-pool-bulk", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd) sys::throw_errno("memfd_create(pool bulk arena)");
+  // Sparse: memory is spent only on the pages large tasks touch.
+  if (::ftruncate(fd.get(), static_cast<off_t>(kBytes)) != 0) sys::throw_errno("ftruncate(pool bulk arena)");
+  if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+    sys::throw_errno("fcntl(F_ADD_SEALS, pool bulk arena)");
+  void* p = ::mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd.get(), 0);
+  if (p == MAP_FAILED) sys::throw_errno("mmap(pool bulk arena)");
+  // A child forked from here (a worker, a user's Process) must not inherit
+  // this mapping: it would keep a dead worker's arena alive for its own life.
+  (void)::madvise(p, kBytes, MADV_DONTFORK);
+  TaskArena a;
+  a.fd_ = std::move(fd);
+  a.base_ = static_cast<std::byte*>(p);
+  new (a.base_) Header{};
+  return a;
+}
+
+TaskArena TaskArena::attach(int fd) {
+  sys::UniqueFd owned(fd);
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) sys::throw_errno("fstat(pool bulk arena)");
+  if (static_cast<std::uint64_t>(st.st_size) < kBytes)
+    throw ProtocolError(fmt::format("pool bulk arena of {} bytes, expected {}", st.st_size, kBytes));
+  void* p = ::mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  if (p == MAP_FAILED) sys::throw_errno("mmap(pool bulk arena)");
+  TaskArena a;
+  a.base_ = static_cast<std::byte*>(p);
+  // The mapping keeps the memory: no fd is left for a task to break.
+  return a;
+}
+
+TaskArena::TaskArena(TaskArena&& o) noexcept
+    : fd_(std::move(o.fd_)),
+      base_(std::exchange(o.base_, nullptr)),
+      args_(std::move(o.args_)),
+      results_(std::move(o.results_)),
+      results_placed_(o.results_placed_),
+      results_freed_(o.results_freed_) {}
+
+TaskArena& TaskArena::operator=(TaskArena&& o) noexcept {
+  if (this != &o) {
+    this->~TaskArena();
+    new (this) TaskArena(std::move(o));
+  }
+  return *this;
+}
+
+TaskArena::~TaskArena() {
+  if (base_) ::munmap(base_, kBytes);
+  base_ = nullptr;
+}
+
+std::optional<std::size_t> TaskArena::stage_argument(std::uint64_t task, std::span<const std::byte> payload) {
+  const auto off = args_.take(payload.size(), task);
+  if (!off) return std::nullopt;
+  std::byte* dst = base_ + kArgsAt + *off;
+  (void)::madvise(dst, payload.size(), MADV_POPULATE_WRITE);  // first use: one batched fault, not one per page
+  std::memcpy(dst, payload.data(), payload.size());
+  return off;
+}
+
+std::span<const std::byte> TaskArena::result(std::uint64_t off, std::uint64_t len) const {
+  if (off > kResultsCap || len > kResultsCap - off)
+    throw ProtocolError(fmt::format("a result descriptor of {} bytes at offset {} lies outside the worker's "
+                                    "result area of {} bytes",
+                                    len, off, kResultsCap));
+  return {base_ + kResultsAt + off, static_cast<std::size_t>(len)};
+}
+
+void TaskArena::result_consumed() noexcept { header()->results_consumed.fetch_add(1, std::memory_order_release); }
+
+std::span<const std::byte> TaskArena::argument(std::uint64_t off, std::uint64_t len) const {
+  if (off > kArgsCap || len > kArgsCap - off)
+    throw ProtocolError(fmt::format("a task argument of {} bytes at offset {} lies outside the pool bulk "
+                                    "arena's {} bytes",
+                                    len, off, kArgsCap));
+  return {base_ + kArgsAt + off, static_cast<std::size_t>(len)};
+}
+
+std::optional<std::size_t> TaskArena::place_result(std::span<const std::byte> data) {
+  // Regions of results the engine has read are free (results are read in order).
+  const std::uint64_t consumed = header()->results_consumed.load(std::memory_order_acquire);
+  while (results_freed_ < consumed && results_freed_ < results_placed_ && !results_.empty()) {
+    results_.pop_oldest();
+    ++results_freed_;
+  }
+  const auto off = results_.take(data.size(), results_placed_);
+  if (!off) return std::nullopt;
+  std::byte* dst = base_ + kResultsAt + *off;
+  (void)::madvise(dst, data.size(), MADV_POPULATE_WRITE);
+  std::memcpy(dst, data.data(), data.size());
+  ++results_placed_;
+  return off;
+}
+
+}  // namespace mproc::detail

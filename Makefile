@@ -5,7 +5,7 @@ JOBS  ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: deps configure build demo test bench package clean asan tsan docs header-size
+.PHONY: deps configure build demo test bench package clean asan tsan docs header-size include-graph
 
 deps:
 	@./scripts/install-deps.sh
@@ -42,6 +42,11 @@ docs: deps
 # time): docs/header-size.md. About a minute of CPU.
 header-size:
 	@python3 scripts/header-size.py --out docs/header-size.md
+
+# The include graphs in docs/architecture.md (public headers; src/ layers),
+# regenerated from the sources; fails if a src/ layer includes one above it.
+include-graph:
+	@python3 scripts/include-graph.py
 
 # A Debian package of the library (libmproc-dev_<version>_<arch>.deb in $(BUILD)/).
 package: build

@@ -1,5 +1,5 @@
 // The serializer's fuzz entry point, shared by fuzz/fuzz_serialize.cpp
-// (libFuzzer) and tests/test_serialize_bounds.cpp (seeded inputs every
+// (libFuzzer) and tests/serialize/test_serialize_bounds.cpp (seeded inputs every
 // run): in[0] picks one of the common types below, the rest of the input is
 // decoded as that type. Decoding may only throw DeserializeError; a value
 // that decodes is encoded again, and that encoding must decode to the same

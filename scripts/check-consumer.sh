@@ -36,6 +36,7 @@ c++ -std=c++20 ${CONSUMER_CXX_FLAGS:--Wall -Wextra -Werror} "$root/tests/consume
 echo "consumer check: pkg-config --cflags --libs mproc builds and runs it"
 cmake -S "$root/tests/consumer/fetchcontent" -B "$scratch/fetch" -DMPROC_SOURCE_DIR="$root" \
       -DMPROC_WITH_MPI=OFF \
+      -DCMAKE_DISABLE_FIND_PACKAGE_benchmark=ON -DCMAKE_DISABLE_FIND_PACKAGE_GTest=ON \
       ${CMAKE_CXX_COMPILER_LAUNCHER:+-DCMAKE_CXX_COMPILER_LAUNCHER=$CMAKE_CXX_COMPILER_LAUNCHER} >/dev/null
 cmake --build "$scratch/fetch" -j "$(nproc)" >/dev/null
 "$scratch/fetch/consumer" >/dev/null

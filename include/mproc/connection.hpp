@@ -192,7 +192,7 @@ class Connection {
   void drop_frame() noexcept;
   void require_open(const char* op, bool want_read) const;
   void write_frame(const std::byte* data, std::size_t n);
-  // Large payloads (src/bulk_payload.*): the concatenation of parts through
+  // Large payloads (src/ipc/bulk_payload.*): the concatenation of parts through
   // a slab; the pending bulk frame's payload into dst.
   void send_bulk(std::uint32_t tag, std::span<const std::span<const std::byte>> parts, std::size_t total);
   void receive_bulk(std::byte* dst, std::size_t length);

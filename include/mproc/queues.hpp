@@ -67,7 +67,7 @@ class QueueCore {
   void recover() const;
   void copy_in(std::uint64_t pos, const void* src, std::size_t n) const;
   void copy_out(std::uint64_t pos, void* dst, std::size_t n) const;
-  // Large messages (src/queues.cpp draws a slot's states): store_big
+  // Large messages (src/shared/queues.cpp draws a slot's states): store_big
   // returns a slot index in state writing; load_big copies a slot out and
   // frees it.
   std::uint64_t take_slot(std::uint64_t len) const;

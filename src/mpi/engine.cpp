@@ -27,7 +27,7 @@
 
 #include <unistd.h>
 
-#include "internal.hpp"
+#include "mpi/internal.hpp"
 #include "mproc/context.hpp"
 #include "mproc/process.hpp"
 #include "pool/scheduler.hpp"

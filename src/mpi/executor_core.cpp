@@ -1,6 +1,6 @@
 // mpi::detail::ExecutorCore: mpi.hpp's handle on rank 0's engine. Each
 // member forwards; futures leave as FutureCores (a move, no allocation).
-#include "internal.hpp"
+#include "mpi/internal.hpp"
 
 namespace mproc::mpi::detail {
 

@@ -22,7 +22,7 @@
 #include <string>
 
 #include "mproc/mpi.hpp"
-#include "task_state.hpp"
+#include "pool/task_state.hpp"
 
 namespace mproc::mpi::detail {
 

@@ -16,7 +16,7 @@
 #include <thread>
 #include <vector>
 
-#include "internal.hpp"
+#include "mpi/internal.hpp"
 #include "mproc/context.hpp"
 
 namespace mproc::mpi {

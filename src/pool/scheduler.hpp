@@ -1,4 +1,4 @@
-// The scheduler core shared by the local pool engine (src/engine.cpp) and
+// The scheduler core shared by the local pool engine (src/pool/engine.cpp) and
 // the MPI executor (src/mpi/engine.cpp): the queue of tasks not yet sent,
 // each worker's tasks in flight (in the order sent: a worker runs them in
 // that order), the assignment policy, the moving average of a task's time,
@@ -60,7 +60,7 @@
 
 #include "mproc/call.hpp"
 #include "mproc/futures.hpp"
-#include "task_state.hpp"
+#include "pool/task_state.hpp"
 
 namespace mproc::detail::pool {
 

@@ -1,8 +1,8 @@
 // The type-erased side of a Future: a handle to a task's state, which lives
-// in src/ (src/task_state.hpp) and is shared with the engine that runs the
+// in src/ (src/pool/task_state.hpp) and is shared with the engine that runs the
 // task. Templates (Future<R>, wait, as_completed, AsyncResult, imap) only
 // wait, query and decode the result bytes through these out-of-line
-// members (src/futures.cpp), so the engine's state can change without
+// members (src/pool/futures.cpp), so the engine's state can change without
 // recompiling users. Not part of the public API.
 #pragma once
 #include <chrono>
@@ -18,7 +18,7 @@
 
 namespace mproc::detail {
 
-struct TaskState;  // src/task_state.hpp
+struct TaskState;  // src/pool/task_state.hpp
 
 
 class FutureCore {

@@ -1,7 +1,7 @@
 // The client side of the Manager's wire: byte helpers, the proxy base (a
 // process's pooled connections to a server) and ProxyOf<Protocol, Types>,
 // which encodes a call from its protocol table entry and decodes the reply.
-// The tables: manager_protocol.hpp. The server side: src/manager_dispatch.hpp.
+// The tables: manager_protocol.hpp. The server side: src/manager/manager_dispatch.hpp.
 //
 // Request frame: u64 object id | u16 method index | arguments (wire types).
 // Reply frame:   u8 0 | result                       on success

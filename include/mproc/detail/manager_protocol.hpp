@@ -9,7 +9,7 @@
 //
 // The client encodes a call from its table entry (ProxyOf::invoke<"acquire">,
 // manager_proxies.hpp); the server decodes it and dispatches to the servant's
-// on(Tag<"acquire">, ...) through the same entry (src/manager_dispatch.hpp).
+// on(Tag<"acquire">, ...) through the same entry (src/manager/manager_dispatch.hpp).
 // A name missing from the table, a wrong argument count or type, a servant
 // without a handler: compile errors. On the wire a method is its index in the
 // table (u16); an index past the table gets a ValueError reply. Each table

@@ -1,4 +1,4 @@
-// The type-erased face of the local pool engine (src/engine.hpp) that Pool
+// The type-erased face of the local pool engine (src/pool/engine.hpp) that Pool
 // and ProcessPoolExecutor hold: calls go in as bytes (detail::Call), futures
 // come out as FutureCores. The engine, its workers and its progress
 // machinery stay in src/. Not part of the public API.
@@ -30,7 +30,7 @@ struct EngineOptions {
   std::optional<std::string> trace_file;         // PoolOptions::trace_file
 };
 
-class Engine;  // src/engine.hpp
+class Engine;  // src/pool/engine.hpp
 
 class PoolCore {
  public:

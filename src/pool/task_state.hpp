@@ -1,0 +1,64 @@
+// Internal: what a future shares with the engine that runs its task. Public
+// templates never see it; they hold a detail::FutureCore (an opaque handle,
+// include/mproc/detail/future_core.hpp) whose members, in src/pool/futures.cpp,
+// are the only code outside the engines that touches it.
+//
+// A task's phase (the engines own the finer states, engine_state.hpp):
+//
+//   pending ──start_running()──▶ running ──finish()──▶ done
+//     │  └───────────────────finish()─────────────────▶ done (failed before it ran)
+//     └──cancel()──▶ cancelled
+//
+// done and cancelled are final: finish() after either is ignored, so each
+// future settles once (callbacks run once, by the thread that settled it).
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "mproc/futures.hpp"
+
+namespace mproc::detail {
+
+enum class TaskPhase : std::uint8_t { pending, running, done, cancelled };
+
+// Something a waiting thread can drive while it spins (the pool engine reads
+// results itself instead of waiting for its dispatcher to wake up).
+struct Progress {
+  virtual ~Progress() = default;
+  virtual void poll() = 0;
+  virtual void spin_begin() {}
+  virtual void spin_end() {}
+};
+
+// Shared by a Future (through FutureCore) and the engine.
+struct TaskState {
+  std::uint64_t id = 0;
+  std::atomic<TaskPhase> phase{TaskPhase::pending};
+  std::mutex mu;
+  std::condition_variable cv;
+  Bytes result;              // the serialized value, when done without error
+  std::exception_ptr error;  // RemoteError, WorkerCrashed, TaskTimeout, BrokenPool...
+  std::vector<std::function<void()>> callbacks;
+  std::weak_ptr<Progress> driver;
+
+  bool start_running();  // pending → running; false when cancelled
+  bool cancel();         // pending → cancelled
+  void finish(Bytes result, std::exception_ptr error);
+  void add_callback(std::function<void()> cb);
+  // Spins briefly (results of tiny tasks come back in microseconds), then sleeps.
+  bool wait_until(std::chrono::steady_clock::time_point deadline);
+  void wait();
+  bool finished() const noexcept {
+    auto p = phase.load(std::memory_order_acquire);
+    return p == TaskPhase::done || p == TaskPhase::cancelled;
+  }
+};
+
+}  // namespace mproc::detail

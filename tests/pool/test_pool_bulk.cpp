@@ -1,0 +1,216 @@
+// Large task arguments and results in the local pool (issue 13): above
+// TaskArena::kThreshold they travel through the worker's memfd arena
+// (src/pool/task_arena.hpp), the socket and the ring carry descriptors.
+// Byte-exact round trips around the threshold; a worker killed (-9) while its
+// task holds a large argument fails only that task and leaves no arena
+// behind; a worker whose result descriptor lies fails its task with
+// WorkerFault naming the byte count, and the pool goes on.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "mproc/executor.hpp"
+#include "mproc/pool.hpp"
+#include "pool/task_arena.hpp"
+#include "pool/pool_protocol.hpp"
+#include "pool_test_util.hpp"
+#include "pool/result_ring.hpp"
+#include "support.hpp"
+
+using namespace pooltest;
+using Bytes = std::vector<unsigned char>;
+using mproc::Pool;
+using mproc::detail::TaskArena;
+
+namespace {
+
+constexpr std::size_t kThreshold = TaskArena::kThreshold;
+
+Bytes pattern(std::size_t n, unsigned seed) {
+  Bytes b(n);
+  std::uint32_t x = seed * 2654435761u + 1;
+  for (auto& c : b) {
+    x = x * 1664525u + 1013904223u;
+    c = static_cast<unsigned char>(x >> 24);
+  }
+  return b;
+}
+
+Bytes echo(Bytes b) { return b; }
+std::uint64_t checksum(Bytes b) {
+  std::uint64_t s = 0;
+  for (std::size_t i = 0; i < b.size(); ++i) s = s * 31 + static_cast<std::uint64_t>(b[i]);
+  return s;
+}
+
+// The memfds of this process whose name contains `name`.
+int memfds_named(const std::string& name) {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    auto target = std::filesystem::read_symlink(e.path(), ec);
+    if (!ec && target.string().find("memfd:" + name) != std::string::npos) ++n;
+  }
+  return n;
+}
+
+// Writes its pid to `started` once it holds its (large) argument, then
+// blocks on `gate`: the test kills it meanwhile.
+std::uint64_t hold_then_checksum(Bytes b, std::string started, std::string gate) {
+  write_file(started, std::to_string(::getpid()));
+  wait_for_file(gate);
+  return checksum(std::move(b));
+}
+
+// A lying worker: the task writes into its own worker's result ring a
+// record for itself whose arena descriptor is [off, off + len), then waits
+// to be killed (the engine finds the lie and kills this worker). It must be
+// the worker's first record (the ring's producer index starts at 0).
+int forge_result_descriptor(std::uint64_t off, std::uint64_t len) {
+  int ring_fd = -1, bell_fd = -1;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    auto target = std::filesystem::read_symlink(e.path(), ec);
+    if (ec) continue;
+    if (target.string().find("memfd:mproc-results") != std::string::npos)
+      ring_fd = std::stoi(e.path().filename().string());
+    if (target.string().find("eventfd") != std::string::npos) bell_fd = std::stoi(e.path().filename().string());
+  }
+  if (ring_fd < 0 || bell_fd < 0) return -1;
+  auto ring = mproc::detail::ResultRing::attach(::dup(ring_fd));
+  mproc::detail::ResultMsg msg{ring.running(), true, false, 0, false, {}};
+  msg.bulk_off = off;
+  msg.bulk_len = len;
+  mproc::Bytes rec;
+  mproc::serialize_into(rec, msg);
+  if (!ring.try_push(rec)) return -2;
+  const std::uint64_t one = 1;  // the engine may sleep: wake it, as the worker does
+  if (::write(bell_fd, &one, sizeof one) != sizeof one) return -3;
+  for (;;) ::pause();  // SIGKILL ends it
+}
+
+}  // namespace
+
+TEST(PoolBulk, EchoIsByteExactAroundTheThreshold) {
+  Pool pool(2);
+  // The serialized payload carries a size tag: sizes on both sides of it.
+  const std::vector<std::size_t> sizes = {kThreshold - 64, kThreshold - 1, kThreshold, kThreshold + 1,
+                                          std::size_t{1} << 20, std::size_t{16} << 20};
+  std::vector<Bytes> items;
+  for (std::size_t i = 0; i < sizes.size(); ++i) items.push_back(pattern(sizes[i], static_cast<unsigned>(i)));
+  auto out = pool.map(echo, items, 1);
+  ASSERT_EQ(out.size(), items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) EXPECT_TRUE(out[i] == items[i]) << "size " << sizes[i];
+  // Again, so reused arena regions are checked too (the same pages, new bytes).
+  std::reverse(items.begin(), items.end());
+  for (auto& b : items) b = pattern(b.size(), static_cast<unsigned>(b.size()));
+  out = pool.map(echo, items, 1);
+  for (std::size_t i = 0; i < items.size(); ++i) EXPECT_TRUE(out[i] == items[i]) << "round 2, item " << i;
+}
+
+TEST(PoolBulk, ManyLargeTasksInFlightStayInOrderAndExact) {
+  Pool pool(2);
+  std::vector<Bytes> items;
+  for (unsigned i = 0; i < 64; ++i) items.push_back(pattern((std::size_t{1} << 20) + i * 4097, i));
+  auto sums = pool.map(checksum, items, 1);
+  auto back = pool.map(echo, items, 1);
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    EXPECT_EQ(sums[i], checksum(items[i])) << i;
+    EXPECT_TRUE(back[i] == items[i]) << i;
+  }
+}
+
+TEST(PoolBulk, ExecutorSubmitOf16MiBVector) {
+  mproc::ProcessPoolExecutor ex(1);
+  std::vector<std::uint32_t> v(std::size_t{4} << 20);
+  std::iota(v.begin(), v.end(), 7u);
+  auto f = ex.submit([](std::vector<std::uint32_t> x) {
+    for (auto& e : x) e = e * 3 + 1;
+    return x;
+  }, v);
+  auto r = f.get();
+  ASSERT_EQ(r.size(), v.size());
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (r[i] != v[i] * 3 + 1) FAIL() << "element " << i;
+}
+
+// SIGKILL while the task reads its large argument from the arena (the
+// regions of it and of the task queued behind it are held): only that task
+// fails; the one queued behind runs on the new worker, byte-exact; the dead
+// worker's arena is gone (one per live worker: the memfd count), no fd or
+// /dev/shm entry is left (tests/main.cpp checks).
+TEST(PoolBulk, WorkerKilledHoldingALargeArgumentFailsOnlyItsTask) {
+  TempDir dir;
+  mproc::ProcessPoolExecutor ex(1);
+  const Bytes big = pattern(std::size_t{3} << 20, 1);
+  const Bytes next = pattern(std::size_t{2} << 20, 2);
+  auto held = ex.submit(hold_then_checksum, big, dir.file("started"), dir.file("gate"));
+  auto behind = ex.submit(checksum, next);
+  ASSERT_TRUE(wait_for_file(dir.file("started")));
+  EXPECT_EQ(memfds_named("mproc-pool-bulk"), 1);  // the large arguments went through the arena
+  const pid_t pid = std::stoi(read_file(dir.file("started")));
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  try {
+    held.get();
+    FAIL() << "the killed task returned";
+  } catch (const mproc::WorkerCrashed& e) {
+    EXPECT_EQ(e.signal(), SIGKILL);
+    EXPECT_EQ(e.pid(), pid);
+  }
+  EXPECT_EQ(behind.get(), checksum(next));
+  EXPECT_EQ(ex.submit(checksum, big).get(), checksum(big));
+  EXPECT_EQ(memfds_named("mproc-pool-bulk"), 1);  // the dead worker's arena went with it
+  ex.shutdown();
+  EXPECT_EQ(memfds_named("mproc-pool-bulk"), 0);
+}
+
+// A result descriptor outside the results area, or over the pool's result
+// limit: WorkerFault for that task, naming the byte count; nothing is read
+// or allocated on its word; the pool replaces the worker and goes on.
+class PoolBulkLie : public ::testing::TestWithParam<std::pair<std::uint64_t, std::uint64_t>> {};
+
+TEST_P(PoolBulkLie, ALyingResultDescriptorFailsOnlyItsTask) {
+  const auto [off, len] = GetParam();
+  mproc::ProcessPoolExecutor ex(1);
+  auto f = ex.submit(forge_result_descriptor, off, len);
+  try {
+    (void)f.get();
+    FAIL() << "the forged result was accepted";
+  } catch (const mproc::WorkerFault& e) {
+    EXPECT_NE(std::string(e.what()).find(std::to_string(len) + " bytes"), std::string::npos) << e.what();
+  }
+  const Bytes big = pattern(std::size_t{1} << 20, 3);
+  EXPECT_TRUE(ex.submit(echo, big).get() == big);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Descriptors, PoolBulkLie,
+    ::testing::Values(std::pair<std::uint64_t, std::uint64_t>{TaskArena::kResultsCap - 4096, std::uint64_t{1} << 20},
+                      std::pair<std::uint64_t, std::uint64_t>{0, TaskArena::kResultsCap + 1},
+                      std::pair<std::uint64_t, std::uint64_t>{0, std::uint64_t{1} << 40},
+                      std::pair<std::uint64_t, std::uint64_t>{~std::uint64_t{0} - 10, 4096}));
+
+// The arena's allocator: regions in FIFO order, back to the start as soon
+// as it is free there, never overlapping what is held.
+TEST(PoolBulk, RegionFifoReusesTheStartAndNeverOverlaps) {
+  mproc::detail::RegionFifo fifo(1024);
+  EXPECT_EQ(fifo.take(300, 1), std::optional<std::size_t>(0));
+  EXPECT_EQ(fifo.take(300, 2), std::optional<std::size_t>(320));  // aligned to 64
+  EXPECT_EQ(fifo.take(300, 3), std::optional<std::size_t>(640));
+  EXPECT_EQ(fifo.take(300, 4), std::nullopt);  // 960..1024 is too small, the start is held
+  EXPECT_TRUE(fifo.give_back(1));
+  EXPECT_EQ(fifo.take(300, 4), std::optional<std::size_t>(0));  // the start again
+  EXPECT_EQ(fifo.take(64, 5), std::nullopt);  // [320, 1024) and [0, 320) held
+  EXPECT_TRUE(fifo.give_back(3));             // out of order: a hole until 2 goes
+  EXPECT_EQ(fifo.take(64, 5), std::nullopt);
+  EXPECT_TRUE(fifo.give_back(2));
+  EXPECT_EQ(fifo.take(64, 5), std::optional<std::size_t>(320));
+  EXPECT_EQ(fifo.take(2048, 6), std::nullopt);  // larger than the area
+  EXPECT_FALSE(fifo.give_back(99));
+}

@@ -42,10 +42,13 @@
 //   maps it:
 //     * pool task arguments: the pool keeps them until the task settles;
 //     * pool results: the worker keeps each result buffer until the pool's
-//       process has mapped it (it says so by moving the shared file offset
-//       from 0 to 1 on the fd it fetched), checked before each task, at most
-//       64 kept (oldest released first), and all released when the worker
-//       exits; so read a result holding a SharedBytes while its worker lives;
+//       process has mapped it, i.e. read the result (get(), map()): the
+//       reader moves the shared file offset from 0 to 1 on the fd it
+//       fetched, which the worker checks before each task. At most 512
+//       unread ones are kept per worker (oldest released first: fds are
+//       finite), and all go when the worker exits. So read a result holding
+//       a SharedBytes while its worker lives; one nobody reads holds its
+//       memory until then;
 //     * Queue messages: the sender keeps its SharedBytes until the message
 //       has been got (as SharedMemory's anonymous handles).
 //   Otherwise the receiver gets SharedBytesError saying the sender no longer

@@ -61,7 +61,7 @@ namespace {
 using detail::BytesBlock;
 
 constexpr unsigned kRequiredSeals = F_SEAL_SHRINK | F_SEAL_GROW;
-constexpr std::size_t kMaxResultPins = 64;
+constexpr std::size_t kMaxResultPins = 512;  // fds: well under the usual soft limit of 1024
 
 // Written as one byte.
 enum Kind : std::uint8_t { kEmpty = 0, kPassedFd = 1, kByProcess = 2 };

@@ -8,7 +8,7 @@
 //   }, jobs);
 //
 // share() serialises the value once into a sealed SharedBytes; a task's
-// argument carries only the handle {id, SharedBytes} (~40 bytes, the
+// argument carries only the handle {id, SharedBytes} (~45 bytes, the
 // buffer's fd travels as other SharedBytes do). A worker decodes the value
 // the first time it meets the id and keeps it (at most kMaxSharedValues per
 // worker, least recently used dropped first; a dropped one is decoded again

@@ -29,11 +29,13 @@
 // buffer) — an explicit copy rather than a hidden copy-on-write mapping.
 //
 // How it crosses (the receiver always maps it read-only; zero copies):
-// - fork: inherited (the child's copy shares the parent's mapping);
-// - Process arguments under spawn/forkserver, Connection/Pipe messages: the
-//   fd itself (SCM_RIGHTS);
-// - pool task arguments and results, Queue/SimpleQueue messages (channels
-//   that carry no fds): a "by process" handle {sender pid, fd number, device,
+// - fork: inherited (the child's copy shares the parent's mapping, writable
+//   too while it is not sealed: seal() before forking to share it read-only);
+// - Process arguments under spawn/forkserver (and any archive with an fd
+//   channel): the fd itself (SCM_RIGHTS);
+// - pool task arguments and results, Queue/SimpleQueue messages and
+//   Connection/Pipe messages (Connection::send carries no fds of a value):
+//   a "by process" handle {sender pid, fd number, device,
 //   inode, size}; the receiver fetches the fd with pidfd_getfd (or, where
 //   that is refused, opens /proc/<pid>/fd/<n>). Only this process, an
 //   ancestor or a descendant is asked; a handle naming this process (an echo
@@ -49,8 +51,9 @@
 //       finite), and all go when the worker exits. So read a result holding
 //       a SharedBytes while its worker lives; one nobody reads holds its
 //       memory until then;
-//     * Queue messages: the sender keeps its SharedBytes until the message
-//       has been got (as SharedMemory's anonymous handles).
+//     * Queue and Connection messages: the sender keeps its SharedBytes
+//       until the message has been received (as SharedMemory's anonymous
+//       handles).
 //   Otherwise the receiver gets SharedBytesError saying the sender no longer
 //   holds it.
 //

@@ -451,3 +451,18 @@ TEST(PoolShare, ReplacementWorkersGetItToo) {
   }
   EXPECT_EQ(pids.size(), 4u) << "each task in a fresh worker";
 }
+
+// The pool's workers under each start method: echo and new buffers.
+TEST_P(SharedBytesByMethod, PoolEchoAndNewBuffers) {
+  const int before = buffers_open();
+  {
+    mproc::Pool pool(mproc::PoolOptions{.max_workers = 2, .start_method = GetParam()});
+    std::vector<SharedBytes> items{pattern(1 << 20, 1), pattern(300000, 2), pattern(5, 3)};
+    auto back = pool.map(echo, items, 1);
+    for (std::size_t i = 0; i < items.size(); ++i) EXPECT_EQ(back[i].bytes().data(), items[i].bytes().data());
+    auto made = pool.map(made_here, std::vector<std::size_t>{1 << 20, 7}, 1);
+    EXPECT_EQ(checksum(made[0].bytes()), checksum(pattern(1 << 20, 7).bytes()));
+    EXPECT_EQ(checksum(made[1].bytes()), checksum(pattern(7, 7).bytes()));
+  }
+  EXPECT_EQ(buffers_open(), before);
+}

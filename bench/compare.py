@@ -93,6 +93,16 @@ ROWS = [
      "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
     ("Pool.map 16 MiB items, echo", "pool_map_bulk_echo_16MiB", "BM_PoolMapBulk/echo/16777216",
      "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
+    # The same maps with mproc::SharedBytes items (bench_shared_bytes.cpp): handles travel, the
+    # worker maps the buffer; CPython has no zero-copy analogue, so its bytes echo is the comparison.
+    ("Pool.map 1 MiB SharedBytes, echo", "pool_map_bulk_echo_1MiB", "BM_PoolMapSharedBytes/echo/1048576",
+     "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
+    ("Pool.map 16 MiB SharedBytes, echo", "pool_map_bulk_echo_16MiB", "BM_PoolMapSharedBytes/echo/16777216",
+     "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
+    ("Pool.map 1 MiB SharedBytes, new buffer back", "pool_map_bulk_echo_1MiB",
+     "BM_PoolMapSharedBytes/fresh/1048576", "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
+    ("Pool.map 16 MiB SharedBytes, new buffer back", "pool_map_bulk_echo_16MiB",
+     "BM_PoolMapSharedBytes/fresh/16777216", "BM_Memcpy64MiB", "memcpy 64 MiB", "bw"),
     ("Executor submit of a 16 MiB vector, 1 worker", "executor_submit_16MiB", "BM_ExecutorSubmit16MiB",
      "BM_RawSocketStream64MiB", "raw socketpair stream", "bw"),
     # Issue 5: managers (bench/bench_managers.cpp), over the local Unix socket.

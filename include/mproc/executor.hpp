@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "mproc/call.hpp"
+#include "mproc/pool_share.hpp"
+#include "mproc/shared_bytes.hpp"
 #include "mproc/detail/pool_core.hpp"
 #include "mproc/futures.hpp"
 
@@ -90,6 +92,7 @@ auto submit_chunks(AnyEngine& engine, const F& fn, const Range& items, std::size
   const auto end = std::ranges::end(items);
   std::vector<Item> buf;
   std::vector<Call> calls;
+  SendPins pins;  // SharedBytes items: kept open until their chunk settles
   while (it != end) {
     if constexpr (std::ranges::forward_range<const Range> &&
                   std::is_same_v<std::remove_cvref_t<std::ranges::range_reference_t<const Range>>, Item>) {
@@ -104,7 +107,9 @@ auto submit_chunks(AnyEngine& engine, const F& fn, const Range& items, std::size
     for (; it != end && buf.size() < chunksize; ++it) buf.push_back(*it);
     calls.push_back(make_chunk_call<F, Item, Star>(fn, buf.begin(), buf.end()));
   }
-  for (auto& core : engine.submit_many(std::move(calls))) chunks.emplace_back(std::move(core));
+  auto cores = engine.submit_many(std::move(calls));
+  pins.keep_until_settled(cores.data(), cores.size());
+  for (auto& core : cores) chunks.emplace_back(std::move(core));
   return chunks;
 }
 
@@ -220,8 +225,17 @@ class ProcessPoolExecutor {
   template <class F, class... A>
   auto submit(SubmitOptions options, F&& fn, A&&... args) {
     using R = detail::call_result_t<std::decay_t<F>, detail::task_arg_t<A>...>;
+    detail::SendPins pins;  // SharedBytes arguments: kept open until the task settles
     auto call = detail::make_call<std::decay_t<F>, detail::task_arg_t<A>...>(fn, args...);
-    return Future<R>(engine_.submit(std::move(call), options.timeout));
+    auto core = engine_.submit(std::move(call), options.timeout);
+    pins.keep_until_settled(&core, 1);
+    return Future<R>(std::move(core));
+  }
+  // A value sent once per worker; tasks take the handle (pool_share.hpp).
+  template <class T>
+  Shared<T> share(T value) {
+    static_assert(detail::is_sendable_v<T>, "mproc::share: the value must be serializable and default-constructible");
+    return Shared<T>::make(std::move(value));
   }
 
   // Results in input order, all collected (a std::vector). Throws the first

@@ -13,6 +13,8 @@
 #include "mproc/futures.hpp"
 #include "mproc/pool.hpp"
 #include "mproc/queues.hpp"
+#include "mproc/pool_share.hpp"
+#include "mproc/shared_bytes.hpp"
 #include "mproc/shared_memory.hpp"
 #include "mproc/sharedctypes.hpp"
 #include "mproc/synchronize.hpp"

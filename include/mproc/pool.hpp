@@ -195,7 +195,10 @@ class IMap {
         input_failed_ = true;
         if (buf.empty()) break;
       }
-      Future<std::vector<R>> f(engine_->submit(detail::make_chunk_call<F, Item, false>(fn_, buf.begin(), buf.end())));
+      detail::SendPins pins;  // SharedBytes items: kept open until the chunk settles
+      auto core = engine_->submit(detail::make_chunk_call<F, Item, false>(fn_, buf.begin(), buf.end()));
+      pins.keep_until_settled(&core, 1);
+      Future<std::vector<R>> f(std::move(core));
       const std::size_t index = next_index_++;
       if constexpr (!Ordered) detail::FutureAccess::core(f).add_callback([q = done_, index] { q->push(index); });
       inflight_.emplace_back(index, std::move(f));
@@ -261,10 +264,21 @@ class Pool {
   template <class F, class... A>
   auto apply_async(F&& fn, A&&... args) {
     using R = detail::call_result_t<std::decay_t<F>, detail::task_arg_t<A>...>;
+    detail::SendPins pins;  // SharedBytes arguments: kept open until the task settles
     auto core = engine_.submit(detail::make_call<std::decay_t<F>, detail::task_arg_t<A>...>(fn, args...));
+    pins.keep_until_settled(&core, 1);
     return AsyncResult<R>({core}, [core]() -> R {
       if constexpr (!std::is_void_v<R>) return from_bytes<R>(core.result_bytes());
     });
+  }
+
+  // A value sent once per worker, as mpi::PoolExecutor::share: tasks take
+  // the Shared<T> handle and read the worker's one decoded copy
+  // (pool_share.hpp has its lifetime).
+  template <class T>
+  Shared<T> share(T value) {
+    static_assert(detail::is_sendable_v<T>, "mproc::Pool::share: the value must be serializable and default-constructible");
+    return Shared<T>::make(std::move(value));
   }
 
   // No more tasks; workers exit when the queued ones are done.

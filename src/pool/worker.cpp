@@ -13,6 +13,7 @@
 #include <deque>
 #include <fstream>
 
+#include "mproc/shared_bytes.hpp"
 #include "process/launch.hpp"
 #include "pool/task_arena.hpp"
 #include "pool/pool_protocol.hpp"
@@ -282,7 +283,12 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
       // its region when this task's result arrives).
       const std::span<const std::byte> payload =
           task.bulk_len ? arena.argument(task.bulk_off, task.bulk_len) : std::span<const std::byte>(task.call.payload);
+      // SharedBytes in the result travel as {our pid, fd}: kept open here
+      // until the pool's process has fetched them (shared_bytes.hpp).
+      detail::release_fetched_pins();
+      detail::SendPins result_pins;
       entry(payload, result.data);
+      result_pins.keep_until_fetched();
     } catch (...) {
       result.ok = false;
       result.data = to_bytes(capture_error(std::current_exception()));

@@ -18,7 +18,7 @@
 
 #include "mproc/detail/future_core.hpp"
 #include "mproc/errors.hpp"
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 #include "mproc/timeout.hpp"
 
 namespace mproc {

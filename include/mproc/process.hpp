@@ -35,7 +35,7 @@
 #include "mproc/call.hpp"
 #include "mproc/errors.hpp"
 #include "mproc/function_ref.hpp"
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 #include "mproc/shared_memory.hpp"
 #include "mproc/timeout.hpp"
 
@@ -66,20 +66,18 @@ template <class F, class... A>
 void remote_entry(std::span<const std::byte> payload, std::vector<int>& fds) {
   std::tuple<A...> args;
   InputArchive ar(payload, &fds);
-  try {
-    F fn = load_callable<F>(ar);
-    // The shared memory of the arguments stays mapped until this process
-    // exits, whatever the target does with them: a Lock it returns or throws
-    // holding is then marked owner-dead by the kernel at exit (a robust mutex
-    // that is no longer mapped would stay locked for ever).
-    {
-      RetainDecodedSegments retain;
-      ar(args);
-    }
-    std::apply(fn, std::move(args));
-  } catch (const cereal::Exception& e) {
-    throw_deserialize(typeid(std::tuple<F, A...>).name(), e.what());
+  F fn = load_callable<F>(ar);
+  // The shared memory of the arguments stays mapped until this process
+  // exits, whatever the target does with them: a Lock it returns or throws
+  // holding is then marked owner-dead by the kernel at exit (a robust mutex
+  // that is no longer mapped would stay locked for ever). (Decoding errors
+  // are DeserializeError already: serialize.hpp's extensions turn cereal's
+  // into it.)
+  {
+    RetainDecodedSegments retain;
+    ar(args);
   }
+  std::apply(fn, std::move(args));
 }
 
 // What a child runs: `local` in a forked copy of the caller; `encode` writes

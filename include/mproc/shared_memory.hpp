@@ -39,7 +39,7 @@
 #include <string_view>
 
 #include "mproc/errors.hpp"
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 
 namespace mproc {
 

@@ -26,7 +26,7 @@
 
 #include "mproc/errors.hpp"
 #include "mproc/process.hpp"  // mproc::Timeout
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 #include "mproc/shared_memory.hpp"
 
 namespace mproc {

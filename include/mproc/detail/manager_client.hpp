@@ -25,7 +25,7 @@
 #include "mproc/errors.hpp"
 #include "mproc/listener.hpp"
 #include "mproc/process.hpp"  // Timeout
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 
 namespace mproc {
 class Manager;

@@ -386,7 +386,7 @@ inline std::size_t up_front(const InputArchive& ar, std::size_t n, std::size_t b
 }
 
 template <class T>
-[[noreturn]] void no_encoding() {
+void no_encoding() {
   static_assert(sizeof(T) == 0,
                 "mproc: this type cannot be serialized by <mproc/process.hpp> and friends alone: "
                 "std::variant, smart pointers and cereal's wrappers need #include <mproc/serialize.hpp>; "

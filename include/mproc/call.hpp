@@ -3,9 +3,6 @@
 // plus the serialized callable and arguments. Used by Process under
 // spawn/forkserver and by every pool task.
 #pragma once
-#include <functional>
-#include <iterator>
-#include <ranges>
 #include <optional>
 #include <span>
 #include <string>
@@ -195,7 +192,10 @@ Call make_chunk_call(const F& fn, It first, It last) {
     // once, not twice. Trivially copyable items keep the vector path below,
     // which writes them in one block (item by item was 1.8x slower for the
     // default chunks of ints in BM_PoolMap).
-    ar.save_size(static_cast<std::uint64_t>(std::ranges::distance(first, last)));
+    std::uint64_t n = 0;
+    if constexpr (std::sized_sentinel_for<It, It>) n = static_cast<std::uint64_t>(last - first);
+    else for (It i = first; i != last; ++i) ++n;
+    ar.save_size(n);
     for (; first != last; ++first) ar(static_cast<const Item&>(*first));
   } else {
     std::vector<Item> items;  // not vector(first, last): C++20-only iterators (iota_view's) lack its category

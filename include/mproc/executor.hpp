@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "mproc/call.hpp"
+#include "mproc/detail/deadline.hpp"
 #include "mproc/detail/pool_core.hpp"
 #include "mproc/futures.hpp"
 

@@ -19,7 +19,7 @@
 #include "mproc/detail/future_core.hpp"
 #include "mproc/errors.hpp"
 #include "mproc/detail/codec.hpp"
-#include "mproc/timeout.hpp"
+#include "mproc/detail/deadline.hpp"
 
 namespace mproc {
 

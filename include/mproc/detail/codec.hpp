@@ -69,7 +69,16 @@ class OutputArchive {
   OutputArchive& operator=(const OutputArchive&) = delete;
   void saveBinary(const void* data, std::size_t size) {
     const auto* p = static_cast<const std::byte*>(data);
-    out_.insert(out_.end(), p, p + size);
+    if (size <= 16) {
+      // Scalars: resize + memcpy, not insert(), whose inlined copy of a
+      // constant small size GCC 12 misreads as an overflow
+      // (-Wstringop-overflow, an error under -Werror).
+      const std::size_t at = out_.size();
+      out_.resize(at + size);
+      if (size != 0) std::memcpy(out_.data() + at, p, size);
+    } else {
+      out_.insert(out_.end(), p, p + size);
+    }
   }
   // A container's element count, as cereal writes it (a u64).
   void save_size(std::uint64_t n) { saveBinary(&n, sizeof n); }

@@ -3,10 +3,6 @@
 // plus the serialized callable and arguments. Used by Process under
 // spawn/forkserver and by every pool task.
 #pragma once
-#include <atomic>
-#include <functional>
-#include <iterator>
-#include <ranges>
 #include <optional>
 #include <span>
 #include <string>
@@ -16,7 +12,7 @@
 #include <vector>
 
 #include "mproc/function_ref.hpp"
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 
 namespace mproc {
 
@@ -80,11 +76,12 @@ F load_callable(InputArchive& ar) {
 // racing first use computes it twice and keeps one; never freed).
 template <auto Entry>
 const FunctionRef& entry_ref() {
-  static constinit std::atomic<const FunctionRef*> cached{nullptr};
-  if (const FunctionRef* r = cached.load(std::memory_order_acquire)) return *r;
+  // (The compiler's atomic builtins, not <atomic>: public headers stay light.)
+  static constinit const FunctionRef* cached = nullptr;
+  if (const FunctionRef* r = __atomic_load_n(&cached, __ATOMIC_ACQUIRE)) return *r;
   auto* mine = new FunctionRef(FunctionRef::of(Entry));
   const FunctionRef* expected = nullptr;
-  if (cached.compare_exchange_strong(expected, mine, std::memory_order_acq_rel)) return *mine;
+  if (__atomic_compare_exchange_n(&cached, &expected, mine, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return *mine;
   delete mine;
   return *expected;
 }
@@ -195,7 +192,10 @@ Call make_chunk_call(const F& fn, It first, It last) {
     // once, not twice. Trivially copyable items keep the vector path below,
     // which writes them in one block (item by item was 1.8x slower for the
     // default chunks of ints in BM_PoolMap).
-    ar(cereal::make_size_tag(static_cast<cereal::size_type>(std::ranges::distance(first, last))));
+    std::uint64_t n = 0;
+    if constexpr (std::sized_sentinel_for<It, It>) n = static_cast<std::uint64_t>(last - first);
+    else for (It i = first; i != last; ++i) ++n;
+    ar.save_size(n);
     for (; first != last; ++first) ar(static_cast<const Item&>(*first));
   } else {
     std::vector<Item> items;  // not vector(first, last): C++20-only iterators (iota_view's) lack its category

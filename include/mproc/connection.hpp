@@ -58,7 +58,7 @@
 
 #include "mproc/errors.hpp"
 #include "mproc/process.hpp"
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 
 namespace mproc {
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "mproc/call.hpp"
+#include "mproc/detail/deadline.hpp"
 #include "mproc/pool_share.hpp"
 #include "mproc/shared_bytes.hpp"
 #include "mproc/detail/pool_core.hpp"

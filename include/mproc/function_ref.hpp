@@ -12,7 +12,7 @@
 #include <typeinfo>
 
 #include "mproc/errors.hpp"
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 
 namespace mproc {
 

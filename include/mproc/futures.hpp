@@ -18,8 +18,8 @@
 
 #include "mproc/detail/future_core.hpp"
 #include "mproc/errors.hpp"
-#include "mproc/serialize.hpp"
-#include "mproc/timeout.hpp"
+#include "mproc/detail/codec.hpp"
+#include "mproc/detail/deadline.hpp"
 
 namespace mproc {
 

@@ -37,7 +37,7 @@
 
 #include "mproc/connection.hpp"
 #include "mproc/errors.hpp"
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 
 namespace mproc {
 

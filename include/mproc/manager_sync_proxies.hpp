@@ -135,7 +135,7 @@ class ConditionProxy : public detail::ProxyOf<detail::proto::ConditionProtocol, 
   template <class Pred>
   bool wait_for(Pred pred, Timeout timeout = std::nullopt) const {
     using Clock = std::chrono::steady_clock;
-    const auto deadline = timeout ? Clock::now() + *timeout : Clock::time_point::max();
+    const auto deadline = timeout ? Clock::now() + mproc::detail::as_duration(timeout) : Clock::time_point::max();
     bool result = pred();
     while (!result) {
       Timeout left;

@@ -60,7 +60,7 @@
 #include "mproc/manager_proxies.hpp"
 #include "mproc/manager_sync_proxies.hpp"
 #include "mproc/process.hpp"
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 
 namespace mproc {
 

@@ -8,7 +8,7 @@
 #include "mproc/log.hpp"
 #include "mproc/managers.hpp"
 #include "mproc/process.hpp"
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 #include "mproc/executor.hpp"
 #include "mproc/futures.hpp"
 #include "mproc/pool.hpp"

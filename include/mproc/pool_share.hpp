@@ -21,7 +21,7 @@
 #include <memory>
 #include <span>
 
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 #include "mproc/shared_bytes.hpp"
 
 namespace mproc {

@@ -19,9 +19,6 @@
 #pragma once
 #include <sys/types.h>
 
-#include <chrono>
-#include <functional>
-#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -33,9 +30,10 @@
 #include <vector>
 
 #include "mproc/call.hpp"
+#include "mproc/detail/owned.hpp"
 #include "mproc/errors.hpp"
 #include "mproc/function_ref.hpp"
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 #include "mproc/shared_memory.hpp"
 #include "mproc/timeout.hpp"
 
@@ -66,41 +64,81 @@ template <class F, class... A>
 void remote_entry(std::span<const std::byte> payload, std::vector<int>& fds) {
   std::tuple<A...> args;
   InputArchive ar(payload, &fds);
-  try {
-    F fn = load_callable<F>(ar);
-    // The shared memory of the arguments stays mapped until this process
-    // exits, whatever the target does with them: a Lock it returns or throws
-    // holding is then marked owner-dead by the kernel at exit (a robust mutex
-    // that is no longer mapped would stay locked for ever).
-    {
-      RetainDecodedSegments retain;
-      ar(args);
-    }
-    std::apply(fn, std::move(args));
-  } catch (const cereal::Exception& e) {
-    throw_deserialize(typeid(std::tuple<F, A...>).name(), e.what());
+  F fn = load_callable<F>(ar);
+  // The shared memory of the arguments stays mapped until this process
+  // exits, whatever the target does with them: a Lock it returns or throws
+  // holding is then marked owner-dead by the kernel at exit (a robust mutex
+  // that is no longer mapped would stay locked for ever). (Decoding errors
+  // are DeserializeError already: serialize.hpp's extensions turn cereal's
+  // into it.)
+  {
+    RetainDecodedSegments retain;
+    ar(args);
   }
+  std::apply(fn, std::move(args));
 }
 
-// What a child runs: `local` in a forked copy of the caller; `encode` writes
-// (entry, payload, fds to pass) for a fresh image, and is empty when the
-// target cannot cross an exec. Both are dropped once the child has started,
-// so what was moved into the target (a Connection) is the child's alone.
+// What a child runs: local() in a forked copy of the caller; encode() writes
+// (entry, payload, fds to pass) for a fresh image, and can_encode() is false
+// when the target cannot cross an exec. Dropped (clear()) once the child has
+// started, so what was moved into the target (a Connection) is the child's
+// alone. Type-erased by hand (a heap state and three functions), not with
+// std::function and std::shared_ptr: this header stays light (issue 15).
 struct Target {
-  std::function<void()> local;
-  std::function<void(FunctionRef&, Bytes&, std::vector<int>&)> encode;
+  void* state = nullptr;
+  void (*run)(void* state) = nullptr;
+  void (*encode_fn)(const void* state, FunctionRef& entry, Bytes& payload, std::vector<int>& fds) = nullptr;
+  void (*destroy)(void* state) noexcept = nullptr;
+
+  Target() noexcept = default;
+  Target(Target&& other) noexcept { steal(other); }
+  Target& operator=(Target&& other) noexcept {
+    if (this != &other) {
+      clear();
+      steal(other);
+    }
+    return *this;
+  }
+  Target(const Target&) = delete;
+  Target& operator=(const Target&) = delete;
+  ~Target() { clear(); }
+
+  void local() const { run(state); }
+  bool can_encode() const noexcept { return encode_fn != nullptr; }
+  void encode(FunctionRef& entry, Bytes& payload, std::vector<int>& fds) const {
+    encode_fn(state, entry, payload, fds);
+  }
+  void clear() noexcept {
+    if (destroy) destroy(state);
+    state = nullptr;
+    run = nullptr;
+    encode_fn = nullptr;
+    destroy = nullptr;
+  }
+
+ private:
+  void steal(Target& other) noexcept {
+    state = std::exchange(other.state, nullptr);
+    run = std::exchange(other.run, nullptr);
+    encode_fn = std::exchange(other.encode_fn, nullptr);
+    destroy = std::exchange(other.destroy, nullptr);
+  }
 };
 
 // S...: what the arguments are stored and sent as (make_target chooses).
 template <class Fn, class... S, class F, class... A>
 Target make_target_as(std::type_identity<std::tuple<S...>>, F&& f, A&&... args) {
-  auto state = std::make_shared<std::tuple<Fn, S...>>(std::forward<F>(f), std::forward<A>(args)...);
+  using State = std::tuple<Fn, S...>;
   Target t;
-  t.local = [state] {
-    std::apply([](auto& fn, auto&... a) { std::invoke(fn, std::move(a)...); }, *state);
+  t.state = new State(std::forward<F>(f), std::forward<A>(args)...);
+  t.destroy = [](void* state) noexcept { delete static_cast<State*>(state); };
+  t.run = [](void* state) {
+    // std::apply invokes as std::invoke does (member pointers included).
+    std::apply([](auto& fn, auto&... a) { std::apply(fn, std::forward_as_tuple(std::move(a)...)); },
+               *static_cast<State*>(state));
   };
   if constexpr (Remotable<Fn, S...>) {
-    t.encode = [state](FunctionRef& entry, Bytes& payload, std::vector<int>& fds) {
+    t.encode_fn = [](const void* state, FunctionRef& entry, Bytes& payload, std::vector<int>& fds) {
       entry = entry_ref<&remote_entry<Fn, S...>>();
       OutputArchive ar(payload, &fds);
       std::apply(
@@ -108,7 +146,7 @@ Target make_target_as(std::type_identity<std::tuple<S...>>, F&& f, A&&... args) 
             save_callable(ar, fn);
             ar(std::tie(a...));  // read back as std::tuple<S...>
           },
-          *state);
+          *static_cast<const State*>(state));
     };
   }
   return t;
@@ -177,7 +215,7 @@ class Process {
  private:
   detail::ProcessState& state() const;
   detail::ProcessState& open_state(const char* op) const;
-  std::unique_ptr<detail::ProcessState> s_;
+  detail::Owned<detail::ProcessState> s_;
 };
 
 ProcessInfo current_process();

@@ -27,7 +27,7 @@
 
 #include "mproc/errors.hpp"
 #include "mproc/process.hpp"  // mproc::Timeout
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 #include "mproc/shared_memory.hpp"
 #include "mproc/synchronize.hpp"
 

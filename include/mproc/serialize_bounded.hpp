@@ -16,7 +16,8 @@
 // is at most what an honest message of the same size and type holds, plus
 // kMaxAmplification × its size per level of container nesting.
 // (These overloads are more specialized than cereal's, which they replace
-// for mproc::InputArchive only.)
+// for the cereal side of serialize.hpp, cb::CerealIn, only; the light
+// codec, mproc/detail/codec.hpp, applies the same two rules itself.)
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -38,20 +39,16 @@
 #include <variant>
 #include <vector>
 
-namespace mproc {
+namespace mproc::detail {
 
-// Upper bound on what a container allocates before reading its elements,
-// as a multiple of the bytes left in the message.
-inline constexpr std::size_t kMaxAmplification = 8;
-
-namespace detail {
+namespace cb {
 
 // ---- the fewest bytes one T takes on the wire --------------------------
 template <class T>
 struct min_wire {
   static constexpr std::size_t get() {
     if constexpr (std::is_arithmetic_v<T> || std::is_enum_v<T>) return sizeof(T);
-    else if constexpr (std::is_class_v<T>) return bitwise_v<T> ? sizeof(T) : 1;  // 1: unknown
+    else if constexpr (std::is_class_v<T>) return cereal_bitwise_v<T> ? sizeof(T) : 1;  // 1: unknown
     else return 1;
   }
   static constexpr std::size_t value = get();
@@ -101,7 +98,7 @@ template <class T> struct min_wire<std::complex<T>> : std::integral_constant<std
 // Reads a container's size tag and refuses a count whose elements cannot
 // fit in the bytes left (rule 1).
 template <class Elem>
-std::size_t load_count(InputArchive& ar) {
+std::size_t load_count(CerealIn& ar) {
   cereal::size_type n = 0;
   ar(cereal::make_size_tag(n));
   constexpr std::size_t each = std::max<std::size_t>(min_wire_size<Elem>, 1);
@@ -111,14 +108,14 @@ std::size_t load_count(InputArchive& ar) {
 
 // How many elements of `bytes_each` may be allocated before any is read
 // (rule 2).
-inline std::size_t up_front(const InputArchive& ar, std::size_t n, std::size_t bytes_each) {
+inline std::size_t up_front(const CerealIn& ar, std::size_t n, std::size_t bytes_each) {
   const std::size_t allowed = std::max<std::size_t>(1, ar.remaining() * kMaxAmplification / bytes_each);
   return std::min(n, allowed);
 }
 
 // vector / deque / list of non-arithmetic elements.
 template <class Seq>
-void load_sequence(InputArchive& ar, Seq& seq) {
+void load_sequence(CerealIn& ar, Seq& seq) {
   using T = typename Seq::value_type;
   const std::size_t n = load_count<T>(ar);
   seq.clear();
@@ -135,7 +132,7 @@ void load_sequence(InputArchive& ar, Seq& seq) {
 }
 
 template <class Set>
-void load_set(InputArchive& ar, Set& set) {
+void load_set(CerealIn& ar, Set& set) {
   using K = typename Set::key_type;
   const std::size_t n = load_count<K>(ar);
   set.clear();
@@ -148,7 +145,7 @@ void load_set(InputArchive& ar, Set& set) {
 }
 
 template <class Map>
-void load_map(InputArchive& ar, Map& map) {
+void load_map(CerealIn& ar, Map& map) {
   using K = typename Map::key_type;
   using V = typename Map::mapped_type;
   const std::size_t n = load_count<std::pair<K, V>>(ar);
@@ -162,31 +159,31 @@ void load_map(InputArchive& ar, Map& map) {
   }
 }
 
-}  // namespace detail
+}  // namespace cb
 
 // ---- the loads (ADL through mproc::InputArchive) -------------------------
 template <class C, class Tr, class A>
-void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::basic_string<C, Tr, A>& s) {
-  const std::size_t n = detail::load_count<C>(ar);
+void CEREAL_LOAD_FUNCTION_NAME(CerealIn& ar, std::basic_string<C, Tr, A>& s) {
+  const std::size_t n = cb::load_count<C>(ar);
   s.resize(n);
   ar.loadBinary(s.data(), n * sizeof(C));
 }
 
 template <class T, class A>
 std::enable_if_t<!std::is_same_v<T, bool> && !std::is_same_v<T, std::byte>> CEREAL_LOAD_FUNCTION_NAME(
-    InputArchive& ar, std::vector<T, A>& v) {
+    CerealIn& ar, std::vector<T, A>& v) {
   if constexpr (std::is_arithmetic_v<T>) {  // one block, as cereal writes it
-    const std::size_t n = detail::load_count<T>(ar);
+    const std::size_t n = cb::load_count<T>(ar);
     v.resize(n);
     ar.loadBinary(v.data(), n * sizeof(T));
   } else {
-    detail::load_sequence(ar, v);
+    cb::load_sequence(ar, v);
   }
 }
 
 template <class A>
-void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::vector<bool, A>& v) {
-  const std::size_t n = detail::load_count<bool>(ar);
+void CEREAL_LOAD_FUNCTION_NAME(CerealIn& ar, std::vector<bool, A>& v) {
+  const std::size_t n = cb::load_count<bool>(ar);
   v.resize(n);
   for (auto&& bit : v) {
     bool b = false;
@@ -196,46 +193,46 @@ void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::vector<bool, A>& v) {
 }
 
 template <class T, class A>
-void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::deque<T, A>& d) {
-  detail::load_sequence(ar, d);
+void CEREAL_LOAD_FUNCTION_NAME(CerealIn& ar, std::deque<T, A>& d) {
+  cb::load_sequence(ar, d);
 }
 template <class T, class A>
-void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::list<T, A>& l) {
-  detail::load_sequence(ar, l);
+void CEREAL_LOAD_FUNCTION_NAME(CerealIn& ar, std::list<T, A>& l) {
+  cb::load_sequence(ar, l);
 }
 
 template <class K, class C, class A>
-void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::set<K, C, A>& s) {
-  detail::load_set(ar, s);
+void CEREAL_LOAD_FUNCTION_NAME(CerealIn& ar, std::set<K, C, A>& s) {
+  cb::load_set(ar, s);
 }
 template <class K, class C, class A>
-void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::multiset<K, C, A>& s) {
-  detail::load_set(ar, s);
+void CEREAL_LOAD_FUNCTION_NAME(CerealIn& ar, std::multiset<K, C, A>& s) {
+  cb::load_set(ar, s);
 }
 template <class K, class H, class E, class A>
-void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::unordered_set<K, H, E, A>& s) {
-  detail::load_set(ar, s);
+void CEREAL_LOAD_FUNCTION_NAME(CerealIn& ar, std::unordered_set<K, H, E, A>& s) {
+  cb::load_set(ar, s);
 }
 template <class K, class H, class E, class A>
-void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::unordered_multiset<K, H, E, A>& s) {
-  detail::load_set(ar, s);
+void CEREAL_LOAD_FUNCTION_NAME(CerealIn& ar, std::unordered_multiset<K, H, E, A>& s) {
+  cb::load_set(ar, s);
 }
 
 template <class K, class V, class C, class A>
-void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::map<K, V, C, A>& m) {
-  detail::load_map(ar, m);
+void CEREAL_LOAD_FUNCTION_NAME(CerealIn& ar, std::map<K, V, C, A>& m) {
+  cb::load_map(ar, m);
 }
 template <class K, class V, class C, class A>
-void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::multimap<K, V, C, A>& m) {
-  detail::load_map(ar, m);
+void CEREAL_LOAD_FUNCTION_NAME(CerealIn& ar, std::multimap<K, V, C, A>& m) {
+  cb::load_map(ar, m);
 }
 template <class K, class V, class H, class E, class A>
-void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::unordered_map<K, V, H, E, A>& m) {
-  detail::load_map(ar, m);
+void CEREAL_LOAD_FUNCTION_NAME(CerealIn& ar, std::unordered_map<K, V, H, E, A>& m) {
+  cb::load_map(ar, m);
 }
 template <class K, class V, class H, class E, class A>
-void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::unordered_multimap<K, V, H, E, A>& m) {
-  detail::load_map(ar, m);
+void CEREAL_LOAD_FUNCTION_NAME(CerealIn& ar, std::unordered_multimap<K, V, H, E, A>& m) {
+  cb::load_map(ar, m);
 }
 
-}  // namespace mproc
+}  // namespace mproc::detail

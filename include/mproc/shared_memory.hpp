@@ -33,18 +33,38 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 
 #include "mproc/errors.hpp"
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 
 namespace mproc {
 
 namespace detail {
 struct Segment;
+// A counted reference to a mapped segment, as std::shared_ptr<Segment> (the
+// count is atomic: copies may live in several threads), defined out of line
+// (src/shared_memory.cpp) so that this header needs no `<memory>`.
+class SegmentRef {
+ public:
+  SegmentRef() noexcept = default;
+  explicit SegmentRef(Segment* adopt) noexcept : p_(adopt) {}  // adopts a count of one
+  SegmentRef(const SegmentRef& other) noexcept;
+  SegmentRef& operator=(const SegmentRef& other) noexcept;
+  SegmentRef(SegmentRef&& other) noexcept : p_(other.p_) { other.p_ = nullptr; }
+  SegmentRef& operator=(SegmentRef&& other) noexcept;
+  ~SegmentRef() { reset(); }
+  void reset() noexcept;
+  Segment* get() const noexcept { return p_; }
+  Segment* operator->() const noexcept { return p_; }
+  Segment& operator*() const noexcept { return *p_; }
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+
+ private:
+  Segment* p_ = nullptr;
+};
 }
 
 class SharedMemory {
@@ -87,7 +107,7 @@ class SharedMemory {
   SharedMemory(std::string_view name, bool create, std::size_t size, bool track, std::string dir,
                int opened_fd = -1);
   const detail::Segment& seg(const char* op) const;
-  std::shared_ptr<detail::Segment> seg_;
+  detail::SegmentRef seg_;
   // Kept by the handle, not the mapping: unlink() works after close().
   std::string name_;
   std::string dir_;

@@ -47,7 +47,7 @@
 #include <type_traits>
 
 #include "mproc/errors.hpp"
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 #include "mproc/shared_memory.hpp"
 #include "mproc/synchronize.hpp"
 

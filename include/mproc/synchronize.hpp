@@ -25,8 +25,9 @@
 #include <optional>
 
 #include "mproc/errors.hpp"
+#include "mproc/detail/deadline.hpp"
 #include "mproc/process.hpp"  // mproc::Timeout
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 #include "mproc/shared_memory.hpp"
 
 namespace mproc {
@@ -186,8 +187,8 @@ class Condition : public detail::LockBase {
   bool wait(Timeout timeout = std::nullopt) const;
   template <class Pred>
   bool wait_for(Pred pred, Timeout timeout = std::nullopt) const {
-    if (timeout && *timeout > std::chrono::hours(24 * 365 * 100)) timeout.reset();  // forever; no overflow
-    const auto end = timeout ? std::chrono::steady_clock::now() + *timeout : std::chrono::steady_clock::time_point::max();
+    if (timeout && mproc::detail::as_duration(timeout) > std::chrono::hours(24 * 365 * 100)) timeout.reset();  // forever; no overflow
+    const auto end = timeout ? std::chrono::steady_clock::now() + mproc::detail::as_duration(timeout) : std::chrono::steady_clock::time_point::max();
     while (!pred()) {
       Timeout left;
       if (timeout) {

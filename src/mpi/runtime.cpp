@@ -18,6 +18,7 @@
 
 #include "mpi/internal.hpp"
 #include "mproc/context.hpp"
+#include "mproc/serialize.hpp"  // cereal::make_size_tag
 
 namespace mproc::mpi {
 namespace detail {

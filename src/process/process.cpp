@@ -96,7 +96,7 @@ void start_fork(ProcessState& s, sys::UniqueFd child_ctrl) {
   if (pid < 0) sys::throw_errno("fork");
   if (pid == 0) {
     ::close(s.ctrl.get());
-    run_forked_child(child_ctrl.get(), parent, self, s.target.local);
+    run_forked_child(child_ctrl.get(), parent, self, [&target = s.target] { target.local(); });
   }
   s.pid = pid;
   s.pidfd = sys::pidfd_open(pid);
@@ -158,7 +158,7 @@ std::optional<StartMethod> parse_start_method(std::string_view name) noexcept {
   return std::nullopt;
 }
 
-Process::Process(ProcessOptions options, detail::Target target) : s_(std::make_unique<ProcessState>()) {
+Process::Process(ProcessOptions options, detail::Target target) : s_(new ProcessState()) {
   if (options.name.empty()) options.name = "Process-" + std::to_string(++detail::g_counter);
   s_->options = std::move(options);
   s_->target = std::move(target);
@@ -206,7 +206,7 @@ void Process::start() {
   if (s.started) throw ValueError("mproc::Process::start: " + s.options.name + " was already started");
   s.method = s.options.start_method.value_or(get_start_method());
   if (s.method != StartMethod::fork) {
-    if (!s.target.encode)
+    if (!s.target.can_encode())
       throw ValueError(
           "mproc::Process::start: " + s.options.name + ": under " + std::string(to_string(s.method)) +
           " the target must be a function, a captureless lambda or a serializable function object, "

@@ -19,6 +19,7 @@
 #include <random>
 #include <stdexcept>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "sys/fd.hpp"
@@ -115,6 +116,7 @@ struct Segment {
   ~Segment() {
     if (base) ::munmap(base, map_len);
   }
+  std::atomic<long> refs{1};  // SegmentRefs to this segment
   void map(const std::string& what) {
     void* p = ::mmap(nullptr, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
     if (p == MAP_FAILED) throw SharedMemoryError(shm_error(what, "mmap", errno));
@@ -133,13 +135,34 @@ void check_shm_name(std::string_view name) {
   if (name == "." || name == "..") bad("it is a directory name");
 }
 
+
+SegmentRef::SegmentRef(const SegmentRef& other) noexcept : p_(other.p_) {
+  if (p_) p_->refs.fetch_add(1, std::memory_order_relaxed);
+}
+SegmentRef& SegmentRef::operator=(const SegmentRef& other) noexcept {
+  SegmentRef copy(other);
+  std::swap(p_, copy.p_);
+  return *this;
+}
+SegmentRef& SegmentRef::operator=(SegmentRef&& other) noexcept {
+  if (this != &other) {
+    reset();
+    std::swap(p_, other.p_);
+  }
+  return *this;
+}
+void SegmentRef::reset() noexcept {
+  Segment* p = std::exchange(p_, nullptr);
+  if (p && p->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete p;
+}
+
 }  // namespace detail
 
 using detail::Segment;
 
 SharedMemory::SharedMemory(std::size_t size) {
   if (size == 0) throw SharedMemoryError("anonymous shared memory: size must be positive");
-  auto s = std::make_shared<Segment>();
+  auto s = detail::SegmentRef(new Segment());
   int fd = ::memfd_create("mproc-shared", MFD_CLOEXEC);
   if (fd < 0) throw SharedMemoryError(shm_error("<anonymous>", "memfd_create", errno));
   s->fd.reset(fd);
@@ -159,7 +182,7 @@ SharedMemory::SharedMemory(std::string_view name_in, bool create, std::size_t si
   std::string name(name_in);
   if (create && name.empty()) name = fresh_name();
   detail::check_shm_name(name);
-  auto s = std::make_shared<Segment>();
+  auto s = detail::SegmentRef(new Segment());
   s->name = name;
   s->dir = std::move(dir);
   const std::string path = s->path();
@@ -384,7 +407,7 @@ sys::UniqueFd open_proc_handle(std::int64_t pid, std::int32_t number, std::uint6
 // exits (see retain_decoded_segments in shared_memory.hpp). Leaked on
 // purpose: never destroyed, so nothing unmaps them at exit either.
 thread_local bool t_retain = false;
-std::vector<std::shared_ptr<detail::Segment>>* g_retained = nullptr;
+std::vector<detail::SegmentRef>* g_retained = nullptr;
 }  // namespace
 
 detail::RetainDecodedSegments::RetainDecodedSegments() noexcept : previous_(t_retain) { t_retain = true; }
@@ -467,7 +490,7 @@ void SharedMemory::load(InputArchive& ar) {
     } else {
       throw DeserializeError("mproc shared object: unknown handle kind " + std::to_string(static_cast<int>(kind)));
     }
-    auto s = std::make_shared<Segment>();
+    auto s = detail::SegmentRef(new Segment());
     s->fd = std::move(fd);
     struct stat st {};
     sys::check(::fstat(s->fd.get(), &st), "fstat(shared memory)");
@@ -482,7 +505,7 @@ void SharedMemory::load(InputArchive& ar) {
     seg_ = std::move(s);
   }
   if (t_retain) {
-    if (!g_retained) g_retained = new std::vector<std::shared_ptr<detail::Segment>>();
+    if (!g_retained) g_retained = new std::vector<detail::SegmentRef>();
     g_retained->push_back(seg_);
   }
 }

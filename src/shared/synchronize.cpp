@@ -102,7 +102,7 @@ bool SharedMutex::acquire(Timeout timeout) const {
   } else if (!timeout) {
     rc = ::pthread_mutex_lock(&st_->m);
   } else if (timeout->count() > 0) {
-    timespec abs = monotonic_after(*timeout);
+    timespec abs = monotonic_after(mproc::detail::as_duration(timeout));
     rc = ::pthread_mutex_clocklock(&st_->m, CLOCK_MONOTONIC, &abs);
   }
   bool died = false;
@@ -123,7 +123,7 @@ bool SharedMutex::acquire(Timeout timeout) const {
       throw ValueError("mproc::Lock: the calling thread already holds this lock; acquiring it again without "
                        "a timeout would deadlock (an RLock may be re-entered)");
     if (timeout->count() > 0) {
-      timespec abs = monotonic_after(*timeout);
+      timespec abs = monotonic_after(mproc::detail::as_duration(timeout));
       while (::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &abs, nullptr) == EINTR) {
       }
     }

@@ -7,7 +7,7 @@
 #include <span>
 #include <utility>
 
-#include "mproc/timeout.hpp"
+#include "mproc/detail/deadline.hpp"
 
 namespace mproc::sys {
 

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <optional>
 
-#include "mproc/timeout.hpp"
+#include "mproc/detail/deadline.hpp"
 
 namespace mproc::sys {
 

@@ -18,6 +18,7 @@
 #include "mproc/connection.hpp"
 #include "mproc/context.hpp"
 #include "mproc/process.hpp"
+#include "mproc/serialize.hpp"  // sends a std::variant
 
 namespace {
 

@@ -393,7 +393,7 @@ TEST(Barrier, TestBarrier_test_action_that_raises_breaks_it) {
 TEST(Barrier, TestBarrier_test_default_timeout) {
   Barrier b(2, nullptr, 20ms);
   ASSERT_TRUE(b.timeout());
-  EXPECT_EQ(*b.timeout(), 20ms);
+  EXPECT_EQ(b.timeout(), mproc::Timeout(20ms));
   const auto t0 = std::chrono::steady_clock::now();
   EXPECT_THROW(b.wait(), mproc::BrokenBarrierError);
   EXPECT_GE(std::chrono::steady_clock::now() - t0, 20ms);

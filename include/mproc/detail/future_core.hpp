@@ -14,7 +14,7 @@
 #include <optional>
 #include <vector>
 
-#include "mproc/timeout.hpp"
+#include "mproc/detail/deadline.hpp"
 
 namespace mproc::detail {
 

@@ -24,8 +24,9 @@
 #include "mproc/detail/manager_protocol.hpp"
 #include "mproc/errors.hpp"
 #include "mproc/listener.hpp"
+#include "mproc/detail/deadline.hpp"
 #include "mproc/process.hpp"  // Timeout
-#include "mproc/serialize.hpp"
+#include "mproc/detail/codec.hpp"
 
 namespace mproc {
 class Manager;
@@ -33,18 +34,23 @@ class Manager;
 namespace detail::wire {
 // Little-endian fixed-size integers and byte strings (u64 length + bytes),
 // the same layout as mproc's archives give.
+// (resize + memcpy, not insert(): GCC 12 misreads an inlined insert of a
+// constant small size as an overflow, -Wstringop-overflow.)
 inline void put_u64(Bytes& b, std::uint64_t v) {
-  const auto* p = reinterpret_cast<const std::byte*>(&v);
-  b.insert(b.end(), p, p + 8);
+  const std::size_t at = b.size();
+  b.resize(at + 8);
+  std::memcpy(b.data() + at, &v, 8);
 }
 inline void put_u16(Bytes& b, std::uint16_t v) {
-  const auto* p = reinterpret_cast<const std::byte*>(&v);
-  b.insert(b.end(), p, p + 2);
+  const std::size_t at = b.size();
+  b.resize(at + 2);
+  std::memcpy(b.data() + at, &v, 2);
 }
 inline void put_u8(Bytes& b, std::uint8_t v) { b.push_back(static_cast<std::byte>(v)); }
 inline void put_f64(Bytes& b, double v) {
-  const auto* p = reinterpret_cast<const std::byte*>(&v);
-  b.insert(b.end(), p, p + 8);
+  const std::size_t at = b.size();
+  b.resize(at + 8);
+  std::memcpy(b.data() + at, &v, 8);
 }
 inline void put_str(Bytes& b, std::string_view s) {
   put_u64(b, s.size());
@@ -62,7 +68,7 @@ void put_value(Bytes& b, const T& v) {
 }
 // Seconds, or -1 for "forever".
 inline void put_timeout(Bytes& b, Timeout t) {
-  put_f64(b, t ? std::chrono::duration<double>(*t).count() : -1.0);
+  put_f64(b, t ? static_cast<double>(t.nanoseconds()) / 1e9 : -1.0);
 }
 
 // Bounds-checked reader: throws DeserializeError on a short read.

@@ -5,7 +5,9 @@
 #pragma once
 #include <atomic>
 #include <functional>
+#include <cstring>
 #include <iterator>
+#include <memory>
 #include <ranges>
 #include <optional>
 #include <span>
@@ -92,9 +94,32 @@ const FunctionRef& entry_ref() {
 template <class F, class... A>
 using call_result_t = std::invoke_result_t<F&, A&&...>;
 
+// A payload encoded only when its task is sent (the local pool's large map
+// chunks, see make_lazy_chunk_call): straight into the worker's arena, so
+// a map never holds all its chunks' bytes at once (issue 13).
+struct PayloadEncoder {
+  virtual ~PayloadEncoder() = default;
+  // The bytes write() puts down when known without encoding (items that are
+  // contiguous bytes: strings, vectors of numbers); 0: unknown, use encode().
+  virtual std::size_t exact_size() const noexcept { return 0; }
+  // Writes exactly exact_size() bytes at dst; never throws.
+  virtual void write(std::byte* /*dst*/) const noexcept {}
+  // Appends the payload to out; may throw (a user type's save()).
+  virtual void encode(Bytes& out) const = 0;
+};
+
+// Payloads at least this large go through the local pool's shared-memory
+// arena (src/pool/task_arena.hpp: TaskArena::kThreshold).
+inline constexpr std::size_t kLargePayloadBytes = std::size_t{256} << 10;
+
 struct Call {
   FunctionRef entry;
   Bytes payload;
+  // Set: the payload is encoded by `lazy` when the task is sent (payload
+  // stays empty until then, or holds it once encoded for a socket). Never
+  // serialized: only the local pool engine takes such calls. The items it
+  // refers to must outlive the task (Pool::map waits for every chunk).
+  std::shared_ptr<const PayloadEncoder> lazy{};
   template <class Ar>
   void serialize(Ar& ar) {
     ar(entry, payload);
@@ -130,7 +155,7 @@ Call make_call(const F& fn, const A&... args) {
                 "with serializable, default-constructible arguments");
   static_assert(is_returnable_v<call_result_t<F, A...>>,
                 "mproc: a task's result must be serializable and default-constructible");
-  Call c{entry_ref<&call_entry<F, A...>>(), {}};
+  Call c{entry_ref<&call_entry<F, A...>>(), {}, {}};
   OutputArchive ar(c.payload);
   save_callable(ar, fn);
   ar(std::tie(args...));
@@ -186,7 +211,7 @@ Call make_chunk_call(const F& fn, It first, It last) {
                                     "serializable function object, over serializable items");
   static_assert(is_returnable_v<chunk_result_t<F, Item, Star>>,
                 "mproc: map's results must be serializable and default-constructible");
-  Call c{entry_ref<&chunk_entry<F, Item, Star>>(), {}};
+  Call c{entry_ref<&chunk_entry<F, Item, Star>>(), {}, {}};
   OutputArchive ar(c.payload);
   save_callable(ar, fn);
   if constexpr (std::forward_iterator<It> && !std::is_trivially_copyable_v<Item>) {
@@ -203,6 +228,72 @@ Call make_chunk_call(const F& fn, It first, It last) {
     for (; first != last; ++first) items.push_back(static_cast<Item>(*first));
     ar(items);
   }
+  return c;
+}
+
+// Items whose encoding is a size tag and one block of bytes (the archive's
+// std::string, std::vector<arithmetic>, std::vector<std::byte>): their
+// chunk is written straight into the arena, one copy.
+template <class T>
+struct contiguous_item : std::false_type {};
+template <>
+struct contiguous_item<std::string> : std::true_type {};
+template <class T>
+struct contiguous_item<std::vector<T>>
+    : std::bool_constant<(std::is_arithmetic_v<T> && !std::is_same_v<T, bool>) || std::is_same_v<T, std::byte>> {};
+
+// A map chunk over the caller's items [first, last), encoded when sent. The
+// callable and the count are encoded now (small); the items are read at
+// send time, so they must outlive the task.
+template <class F, class Item, bool Star, class It>
+class ChunkEncoder final : public PayloadEncoder {
+ public:
+  ChunkEncoder(const F& fn, It first, It last) : first_(first), last_(last) {
+    OutputArchive ar(head_);
+    save_callable(ar, fn);
+    ar(cereal::make_size_tag(static_cast<cereal::size_type>(std::ranges::distance(first, last))));
+    if constexpr (contiguous_item<Item>::value) {
+      exact_ = head_.size();
+      for (It it = first; it != last; ++it)
+        exact_ += sizeof(cereal::size_type) + item(it).size() * sizeof(typename Item::value_type);
+    }
+  }
+  std::size_t exact_size() const noexcept override { return exact_; }
+  void write(std::byte* dst) const noexcept override {
+    if constexpr (contiguous_item<Item>::value) {
+      std::memcpy(dst, head_.data(), head_.size());
+      dst += head_.size();
+      for (It it = first_; it != last_; ++it) {
+        const Item& v = item(it);
+        const auto n = static_cast<cereal::size_type>(v.size());
+        std::memcpy(dst, &n, sizeof n);
+        dst += sizeof n;
+        const std::size_t bytes = v.size() * sizeof(typename Item::value_type);
+        if (bytes) std::memcpy(dst, v.data(), bytes);
+        dst += bytes;
+      }
+    }
+  }
+  void encode(Bytes& out) const override {
+    out.insert(out.end(), head_.begin(), head_.end());
+    OutputArchive ar(out);
+    for (It it = first_; it != last_; ++it) ar(item(it));
+  }
+
+ private:
+  static const Item& item(const It& it) { return static_cast<const Item&>(*it); }
+  Bytes head_;
+  It first_, last_;
+  std::size_t exact_ = 0;
+};
+
+// make_chunk_call's payload, encoded when the local pool sends it (see
+// PayloadEncoder); the same bytes on the wire.
+template <class F, class Item, bool Star, class It>
+Call make_lazy_chunk_call(const F& fn, It first, It last) {
+  static_assert(std::forward_iterator<It>);
+  Call c{entry_ref<&chunk_entry<F, Item, Star>>(), {}, {}};
+  c.lazy = std::make_shared<const ChunkEncoder<F, Item, Star, It>>(fn, first, last);
   return c;
 }
 

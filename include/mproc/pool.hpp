@@ -292,8 +292,16 @@ class Pool {
   template <class F, class Item, bool Star, class Range>
   auto chunked(const F& fn, const Range& items, std::size_t chunksize) {
     if (chunksize == 0) chunksize = detail::default_chunksize(items, engine_.size());
-    auto chunks = detail::submit_chunks<F, Item, Star>(engine_, fn, items, chunksize);
-    return detail::concat_chunks(chunks, std::chrono::steady_clock::time_point::max());
+    // Large chunks are encoded from `items` when sent (lazy), so every chunk
+    // is settled before this returns or throws, as Python's map does (its
+    // MapResult is ready once all chunks are done, with the first error).
+    auto chunks = detail::submit_chunks<F, Item, Star>(engine_, fn, items, chunksize, /*lazy=*/true);
+    try {
+      return detail::concat_chunks(chunks, std::chrono::steady_clock::time_point::max());
+    } catch (...) {
+      for (auto& c : chunks) c.wait();
+      throw;
+    }
   }
   template <class F, class Item, bool Star, class Range>
   auto chunked_async(const F& fn, const Range& items, std::size_t chunksize) {

@@ -232,15 +232,15 @@ Call make_chunk_call(const F& fn, It first, It last) {
 }
 
 // Items whose encoding is a size tag and one block of bytes (the archive's
-// std::string, std::vector<arithmetic>, std::vector<std::byte>): their
-// chunk is written straight into the arena, one copy.
+// std::string, std::vector<arithmetic>): their chunk is written straight
+// into the arena, one copy (tests/test_pool_bulk.cpp checks the bytes).
 template <class T>
 struct contiguous_item : std::false_type {};
 template <>
 struct contiguous_item<std::string> : std::true_type {};
 template <class T>
 struct contiguous_item<std::vector<T>>
-    : std::bool_constant<(std::is_arithmetic_v<T> && !std::is_same_v<T, bool>) || std::is_same_v<T, std::byte>> {};
+    : std::bool_constant<std::is_arithmetic_v<T> && !std::is_same_v<T, bool>> {};
 
 // A map chunk over the caller's items [first, last), encoded when sent. The
 // callable and the count are encoded now (small); the items are read at
@@ -291,7 +291,8 @@ class ChunkEncoder final : public PayloadEncoder {
 // PayloadEncoder); the same bytes on the wire.
 template <class F, class Item, bool Star, class It>
 Call make_lazy_chunk_call(const F& fn, It first, It last) {
-  static_assert(std::forward_iterator<It>);
+  static_assert(std::forward_iterator<It> && std::is_lvalue_reference_v<std::iter_reference_t<It>>,
+                "mproc: a lazy chunk refers to stored items");
   Call c{entry_ref<&chunk_entry<F, Item, Star>>(), {}, {}};
   c.lazy = std::make_shared<const ChunkEncoder<F, Item, Star, It>>(fn, first, last);
   return c;

@@ -100,18 +100,20 @@ auto submit_chunks(AnyEngine& engine, const F& fn, const Range& items, std::size
       auto stop = it;
       for (std::size_t n = 0; stop != end && n < chunksize; ++n) ++stop;
       bool large = false;  // a large chunk goes lazy; a small one is encoded now, as before
-      if (lazy) {
-        if constexpr (contiguous_item<Item>::value) {
-          std::size_t bytes = 0;
-          for (auto p = it; p != stop; ++p)
-            bytes += static_cast<const Item&>(*p).size() * sizeof(typename Item::value_type);
-          large = bytes >= kLargePayloadBytes;
-        } else {  // unknown without encoding: the first chunk (encoded now) tells for the others
-          large = !calls.empty() && calls.front().payload.size() >= kLargePayloadBytes;
+      if constexpr (std::is_lvalue_reference_v<std::ranges::range_reference_t<const Range>>) {  // stored items
+        if (lazy) {
+          if constexpr (contiguous_item<Item>::value) {
+            std::size_t bytes = 0;
+            for (auto p = it; p != stop; ++p)
+              bytes += static_cast<const Item&>(*p).size() * sizeof(typename Item::value_type);
+            large = bytes >= kLargePayloadBytes;
+          } else {  // unknown without encoding: the first chunk (encoded now) tells for the others
+            large = !calls.empty() && calls.front().payload.size() >= kLargePayloadBytes;
+          }
         }
+        if (large) calls.push_back(make_lazy_chunk_call<F, Item, Star>(fn, it, stop));
       }
-      calls.push_back(large ? make_lazy_chunk_call<F, Item, Star>(fn, it, stop)
-                            : make_chunk_call<F, Item, Star>(fn, it, stop));
+      if (!large) calls.push_back(make_chunk_call<F, Item, Star>(fn, it, stop));
       it = stop;
       continue;
     }

@@ -50,7 +50,26 @@ void encode_failed_entry(std::span<const std::byte>, Bytes&) {
 static_assert(kLargePayloadBytes == TaskArena::kThreshold, "map's lazy chunks are those the arena takes");
 
 Engine::Impl::Impl(EngineOptions o)
-    : opt(with_workers(std::move(o))), encode_failed_call{entry_ref<&encode_failed_entry>(), {}, {}} {}
+    : opt(with_workers(std::move(o))), encode_failed_call{entry_ref<&encode_failed_entry>(), {}, {}} {
+  spares.reserve(kSpares);
+}
+
+void Engine::Impl::recycle(Bytes& bytes) noexcept {
+  if (bytes.capacity() > kMaxSpare) return;
+  std::lock_guard lock(spares_mu);
+  if (spares.size() < kSpares) spares.push_back(std::move(bytes));
+}
+
+Bytes Engine::Impl::spare_for(std::size_t size) {
+  std::lock_guard lock(spares_mu);
+  for (std::size_t i = 0; i < spares.size(); ++i)
+    if (spares[i].capacity() >= size) {
+      Bytes b = std::move(spares[i]);
+      spares.erase(spares.begin() + static_cast<std::ptrdiff_t>(i));
+      return b;
+    }
+  return {};
+}
 
 TaskRef Engine::Impl::stage_lazy(TaskArena& arena, std::uint64_t id, Call& call) {
   const PayloadEncoder& encoder = *call.lazy;
@@ -158,6 +177,7 @@ void Engine::Impl::on_result(std::size_t slot, ResultMsg&& msg, Completions& don
       throw ProtocolError(fmt::format("task {}: a result descriptor of {} bytes, over the pool's limit of {} bytes",
                                       id, msg.bulk_len, max_result()));
     const std::span<const std::byte> bytes = w.arena.result(msg.bulk_off, msg.bulk_len);  // checked bounds
+    msg.data = spare_for(bytes.size());  // warm pages when a spare fits
     msg.data.assign(bytes.begin(), bytes.end());
     w.arena.result_consumed();
   }

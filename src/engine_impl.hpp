@@ -106,6 +106,14 @@ struct Engine::Impl : Progress, pool::Transport {
   // full (then inline, as any small task). Throws what the encoder throws.
   TaskRef stage_lazy(TaskArena& arena, std::uint64_t id, Call& call);
   Bytes lazy_scratch;
+  // Buffers of large results whose futures are gone (Progress::recycle),
+  // reused by on_result: at most kSpares, each at most kMaxSpare bytes.
+  // Their own lock: a TaskState dies in any thread, under mu or not.
+  static constexpr std::size_t kSpares = 4, kMaxSpare = (std::size_t{16} << 20) + (64 << 10);
+  std::mutex spares_mu;
+  std::vector<Bytes> spares;  // reserved for kSpares: recycle() never allocates
+  void recycle(Bytes& bytes) noexcept override;
+  Bytes spare_for(std::size_t size);
   // Tasks whose arguments failed to encode when sent (a user type's save()
   // threw): the worker gets `encode_failed_call` in their place, which
   // throws there, so the task's result arrives in order as any failure

@@ -3,6 +3,7 @@
 // plus the serialized callable and arguments. Used by Process under
 // spawn/forkserver and by every pool task.
 #pragma once
+#include <cstring>
 #include <optional>
 #include <span>
 #include <string>
@@ -89,9 +90,66 @@ const FunctionRef& entry_ref() {
 template <class F, class... A>
 using call_result_t = std::invoke_result_t<F&, A&&...>;
 
+// A payload encoded only when its task is sent (the local pool's large map
+// chunks, see make_lazy_chunk_call): straight into the worker's arena, so
+// a map never holds all its chunks' bytes at once (issue 13).
+struct PayloadEncoder {
+  virtual ~PayloadEncoder() = default;
+  // The bytes write() puts down when known without encoding (items that are
+  // contiguous bytes: strings, vectors of numbers); 0: unknown, use encode().
+  virtual std::size_t exact_size() const noexcept { return 0; }
+  // Writes exactly exact_size() bytes at dst; never throws.
+  virtual void write(std::byte* /*dst*/) const noexcept {}
+  // Appends the payload to out; may throw (a user type's save()).
+  virtual void encode(Bytes& out) const = 0;
+
+ private:
+  friend class EncoderRef;
+  mutable long refs_ = 1;  // EncoderRef's count (a Call may be copied)
+};
+
+// Shared ownership of a PayloadEncoder, as a shared_ptr without `<memory>`
+// (issue 15: this header is on process.hpp's path). Copying takes a
+// reference with a relaxed increment: a copy is made from a live reference,
+// which already keeps the object, so no ordering is needed. Dropping one is
+// acq_rel: the release orders this owner's use before the count falls, the
+// acquire makes the last owner see every other owner's use before it deletes.
+class EncoderRef {
+ public:
+  EncoderRef() noexcept = default;
+  explicit EncoderRef(const PayloadEncoder* adopt) noexcept : p_(adopt) {}
+  EncoderRef(const EncoderRef& other) noexcept : p_(other.p_) {
+    if (p_) __atomic_add_fetch(&p_->refs_, 1, __ATOMIC_RELAXED);
+  }
+  EncoderRef(EncoderRef&& other) noexcept : p_(std::exchange(other.p_, nullptr)) {}
+  EncoderRef& operator=(EncoderRef other) noexcept {
+    std::swap(p_, other.p_);
+    return *this;
+  }
+  ~EncoderRef() {
+    if (p_ && __atomic_sub_fetch(&p_->refs_, 1, __ATOMIC_ACQ_REL) == 0) delete p_;
+  }
+  const PayloadEncoder* get() const noexcept { return p_; }
+  const PayloadEncoder* operator->() const noexcept { return p_; }
+  const PayloadEncoder& operator*() const noexcept { return *p_; }
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+
+ private:
+  const PayloadEncoder* p_ = nullptr;
+};
+
+// Payloads at least this large go through the local pool's shared-memory
+// arena (src/pool/task_arena.hpp: TaskArena::kThreshold).
+inline constexpr std::size_t kLargePayloadBytes = std::size_t{256} << 10;
+
 struct Call {
   FunctionRef entry;
   Bytes payload;
+  // Set: the payload is encoded by `lazy` when the task is sent (payload
+  // stays empty until then, or holds it once encoded for a socket). Never
+  // serialized: only the local pool engine takes such calls. The items it
+  // refers to must outlive the task (Pool::map waits for every chunk).
+  EncoderRef lazy{};
   template <class Ar>
   void serialize(Ar& ar) {
     ar(entry, payload);
@@ -127,7 +185,7 @@ Call make_call(const F& fn, const A&... args) {
                 "with serializable, default-constructible arguments");
   static_assert(is_returnable_v<call_result_t<F, A...>>,
                 "mproc: a task's result must be serializable and default-constructible");
-  Call c{entry_ref<&call_entry<F, A...>>(), {}};
+  Call c{entry_ref<&call_entry<F, A...>>(), {}, {}};
   OutputArchive ar(c.payload);
   save_callable(ar, fn);
   ar(std::tie(args...));
@@ -183,7 +241,7 @@ Call make_chunk_call(const F& fn, It first, It last) {
                                     "serializable function object, over serializable items");
   static_assert(is_returnable_v<chunk_result_t<F, Item, Star>>,
                 "mproc: map's results must be serializable and default-constructible");
-  Call c{entry_ref<&chunk_entry<F, Item, Star>>(), {}};
+  Call c{entry_ref<&chunk_entry<F, Item, Star>>(), {}, {}};
   OutputArchive ar(c.payload);
   save_callable(ar, fn);
   if constexpr (std::forward_iterator<It> && !std::is_trivially_copyable_v<Item>) {
@@ -203,6 +261,76 @@ Call make_chunk_call(const F& fn, It first, It last) {
     for (; first != last; ++first) items.push_back(static_cast<Item>(*first));
     ar(items);
   }
+  return c;
+}
+
+// Items whose encoding is a size tag and one block of bytes (the archive's
+// std::string, std::vector<arithmetic>): their chunk is written straight
+// into the arena, one copy (tests/test_pool_bulk.cpp checks the bytes).
+template <class T>
+struct contiguous_item : std::false_type {};
+template <>
+struct contiguous_item<std::string> : std::true_type {};
+template <class T>
+struct contiguous_item<std::vector<T>>
+    : std::bool_constant<std::is_arithmetic_v<T> && !std::is_same_v<T, bool>> {};
+
+// A map chunk over the caller's items [first, last), encoded when sent. The
+// callable and the count are encoded now (small); the items are read at
+// send time, so they must outlive the task.
+template <class F, class Item, bool Star, class It>
+class ChunkEncoder final : public PayloadEncoder {
+ public:
+  ChunkEncoder(const F& fn, It first, It last) : first_(first), last_(last) {
+    OutputArchive ar(head_);
+    save_callable(ar, fn);
+    std::uint64_t n = 0;
+    if constexpr (std::sized_sentinel_for<It, It>) n = static_cast<std::uint64_t>(last - first);
+    else for (It i = first; i != last; ++i) ++n;
+    ar.save_size(n);
+    if constexpr (contiguous_item<Item>::value) {
+      exact_ = head_.size();
+      for (It it = first; it != last; ++it)
+        exact_ += sizeof(std::uint64_t) + item(it).size() * sizeof(typename Item::value_type);
+    }
+  }
+  std::size_t exact_size() const noexcept override { return exact_; }
+  void write(std::byte* dst) const noexcept override {
+    if constexpr (contiguous_item<Item>::value) {
+      std::memcpy(dst, head_.data(), head_.size());
+      dst += head_.size();
+      for (It it = first_; it != last_; ++it) {
+        const Item& v = item(it);
+        const auto n = static_cast<std::uint64_t>(v.size());
+        std::memcpy(dst, &n, sizeof n);
+        dst += sizeof n;
+        const std::size_t bytes = v.size() * sizeof(typename Item::value_type);
+        if (bytes) std::memcpy(dst, v.data(), bytes);
+        dst += bytes;
+      }
+    }
+  }
+  void encode(Bytes& out) const override {
+    out.insert(out.end(), head_.begin(), head_.end());
+    OutputArchive ar(out);
+    for (It it = first_; it != last_; ++it) ar(item(it));
+  }
+
+ private:
+  static const Item& item(const It& it) { return static_cast<const Item&>(*it); }
+  Bytes head_;
+  It first_, last_;
+  std::size_t exact_ = 0;
+};
+
+// make_chunk_call's payload, encoded when the local pool sends it (see
+// PayloadEncoder); the same bytes on the wire.
+template <class F, class Item, bool Star, class It>
+Call make_lazy_chunk_call(const F& fn, It first, It last) {
+  static_assert(std::forward_iterator<It> && std::is_lvalue_reference_v<std::iter_reference_t<It>>,
+                "mproc: a lazy chunk refers to stored items");
+  Call c{entry_ref<&chunk_entry<F, Item, Star>>(), {}, {}};
+  c.lazy = EncoderRef(new ChunkEncoder<F, Item, Star, It>(fn, first, last));
   return c;
 }
 

@@ -84,8 +84,11 @@ std::vector<R> concat_chunks(std::vector<Future<std::vector<R>>>& chunks, std::c
 
 // Submits fn over items in chunks; each future holds one chunk's results.
 // Any core with submit_many(calls) → FutureCores serves (PoolCore, mpi's).
+// lazy (the local PoolCore only, and only when the items outlive every
+// chunk: Pool::map waits for all of them): large chunks are encoded when
+// sent, straight into their worker's arena (PayloadEncoder).
 template <class F, class Item, bool Star, class Range, class AnyEngine>
-auto submit_chunks(AnyEngine& engine, const F& fn, const Range& items, std::size_t chunksize) {
+auto submit_chunks(AnyEngine& engine, const F& fn, const Range& items, std::size_t chunksize, bool lazy = false) {
   using R = stored_result_t<chunk_result_t<F, Item, Star>>;
   std::vector<Future<std::vector<R>>> chunks;
   if (chunksize == 0) chunksize = 1;
@@ -100,7 +103,21 @@ auto submit_chunks(AnyEngine& engine, const F& fn, const Range& items, std::size
       // Serialized from the items themselves: no copy of a large item first.
       auto stop = it;
       for (std::size_t n = 0; stop != end && n < chunksize; ++n) ++stop;
-      calls.push_back(make_chunk_call<F, Item, Star>(fn, it, stop));
+      bool large = false;  // a large chunk goes lazy; a small one is encoded now, as before
+      if constexpr (std::is_lvalue_reference_v<std::ranges::range_reference_t<const Range>>) {  // stored items
+        if (lazy) {
+          if constexpr (contiguous_item<Item>::value) {
+            std::size_t bytes = 0;
+            for (auto p = it; p != stop; ++p)
+              bytes += static_cast<const Item&>(*p).size() * sizeof(typename Item::value_type);
+            large = bytes >= kLargePayloadBytes;
+          } else {  // unknown without encoding: the first chunk (encoded now) tells for the others
+            large = !calls.empty() && calls.front().payload.size() >= kLargePayloadBytes;
+          }
+        }
+        if (large) calls.push_back(make_lazy_chunk_call<F, Item, Star>(fn, it, stop));
+      }
+      if (!large) calls.push_back(make_chunk_call<F, Item, Star>(fn, it, stop));
       it = stop;
       continue;
     }

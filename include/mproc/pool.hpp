@@ -306,8 +306,28 @@ class Pool {
   template <class F, class Item, bool Star, class Range>
   auto chunked(const F& fn, const Range& items, std::size_t chunksize) {
     if (chunksize == 0) chunksize = detail::default_chunksize(items, engine_.size());
-    auto chunks = detail::submit_chunks<F, Item, Star>(engine_, fn, items, chunksize);
-    return detail::concat_chunks(chunks, std::chrono::steady_clock::time_point::max());
+    // Large chunks are encoded from `items` when sent (lazy), so every chunk
+    // is settled before this returns or throws, as Python's map does (its
+    // MapResult is ready once all chunks are done, with the first error).
+    using R = detail::stored_result_t<detail::chunk_result_t<F, Item, Star>>;
+    auto chunks = detail::submit_chunks<F, Item, Star>(engine_, fn, items, chunksize, /*lazy=*/true);
+    std::vector<R> out;
+    std::exception_ptr first_error;
+    for (auto& c : chunks) {
+      if (first_error) {
+        c.wait();
+      } else {
+        try {
+          auto part = c.get();
+          out.insert(out.end(), std::make_move_iterator(part.begin()), std::make_move_iterator(part.end()));
+        } catch (...) {
+          first_error = std::current_exception();
+        }
+      }
+      c = {};  // its result's bytes go now: the next chunk's reuse that memory (no page faults)
+    }
+    if (first_error) std::rethrow_exception(first_error);
+    return out;
   }
   template <class F, class Item, bool Star, class Range>
   auto chunked_async(const F& fn, const Range& items, std::size_t chunksize) {

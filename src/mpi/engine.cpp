@@ -111,7 +111,7 @@ struct Engine::Impl : mproc::detail::Progress, pool::Transport {
   }
 
   // The core's transport: the tasks it gave a worker, one Isend each.
-  void send(pool::WorkerId worker, const std::deque<pool::InFlight>& flight, std::size_t first) override {
+  void send(pool::WorkerId worker, std::deque<pool::InFlight>& flight, std::size_t first) override {
     for (std::size_t k = first; k < flight.size(); ++k) {
       const auto& msg = flight[k].task.wire;
       stats.tasks_sent++;

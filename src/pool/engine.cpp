@@ -38,18 +38,81 @@
 
 namespace mproc::detail {
 
-void Engine::Impl::send(pool::WorkerId slot, const std::deque<pool::InFlight>& flight, std::size_t first) {
+namespace {
+// Run by a worker in place of a task whose arguments could not be encoded
+// when sent (see Impl::encode_failed): its failure reaches the engine in
+// order, as any task's, and the engine puts the real error in its place.
+void encode_failed_entry(std::span<const std::byte>, Bytes&) {
+  throw Error("mproc: this task's arguments could not be encoded when it was sent");
+}
+}  // namespace
+
+static_assert(kLargePayloadBytes == TaskArena::kThreshold, "map's lazy chunks are those the arena takes");
+
+Engine::Impl::Impl(EngineOptions o)
+    : opt(with_workers(std::move(o))), encode_failed_call{entry_ref<&encode_failed_entry>(), {}, {}} {
+  spares.reserve(kSpares);
+}
+
+void Engine::Impl::recycle(Bytes& bytes) noexcept {
+  if (bytes.capacity() > kMaxSpare) return;
+  std::lock_guard lock(spares_mu);
+  if (spares.size() < kSpares) spares.push_back(std::move(bytes));
+}
+
+Bytes Engine::Impl::spare_for(std::size_t size) {
+  std::lock_guard lock(spares_mu);
+  for (std::size_t i = 0; i < spares.size(); ++i)
+    if (spares[i].capacity() >= size) {
+      Bytes b = std::move(spares[i]);
+      spares.erase(spares.begin() + static_cast<std::ptrdiff_t>(i));
+      return b;
+    }
+  return {};
+}
+
+TaskRef Engine::Impl::stage_lazy(TaskArena& arena, std::uint64_t id, Call& call) {
+  const PayloadEncoder& encoder = *call.lazy;
+  if (const std::size_t n = encoder.exact_size(); n >= TaskArena::kThreshold) {
+    if (const auto off = arena.reserve_argument(id, n)) {
+      encoder.write(arena.argument_data(*off));  // the one copy
+      return TaskRef{id, &call, *off, n};
+    }
+  } else if (n == 0) {
+    lazy_scratch.clear();
+    encoder.encode(lazy_scratch);
+    if (lazy_scratch.size() >= TaskArena::kThreshold)
+      if (const auto off = arena.stage_argument(id, lazy_scratch)) return TaskRef{id, &call, *off, lazy_scratch.size()};
+    call.payload.assign(lazy_scratch.begin(), lazy_scratch.end());
+    return TaskRef{id, &call, std::nullopt, 0};
+  }
+  encoder.encode(call.payload);  // small, or no room in the arena now: inline (a resend uses it as it is)
+  return TaskRef{id, &call, std::nullopt, 0};
+}
+
+void Engine::Impl::send(pool::WorkerId slot, std::deque<pool::InFlight>& flight, std::size_t first) {
   batch.refs.clear();
   TaskArena& arena = workers[slot]->arena;
   for (std::size_t k = first; k < flight.size(); ++k) {
     const std::uint64_t id = flight[k].task.state->id;
-    const Call& call = flight[k].task.call;
-    std::optional<std::uint64_t> bulk;
+    Call& call = flight[k].task.call;
+    TaskRef ref{id, &call, std::nullopt, 0};
     // Large: the socket carries a descriptor (the region is freed by this
     // task's result, on_result, or goes with the worker's arena). No room
     // now: inline, as a small one.
-    if (call.payload.size() >= TaskArena::kThreshold) bulk = arena.stage_argument(id, call.payload);
-    batch.refs.push_back(TaskRef{id, &call, bulk});
+    if (call.lazy && call.payload.empty()) {
+      try {
+        ref = stage_lazy(arena, id, call);
+      } catch (...) {
+        // Settled by on_result, when the worker's failure of
+        // encode_failed_call comes back (or by its death, as any task).
+        encode_failed[id] = std::current_exception();
+        ref = TaskRef{id, &encode_failed_call, std::nullopt, 0};
+      }
+    } else if (call.payload.size() >= TaskArena::kThreshold) {
+      if (const auto off = arena.stage_argument(id, call.payload)) ref = TaskRef{id, &call, *off, call.payload.size()};
+    }
+    batch.refs.push_back(ref);
   }
   events.tasks_sent(slot, flight, first);
   try {
@@ -100,6 +163,12 @@ void Engine::Impl::on_result(std::size_t slot, ResultMsg&& msg, Completions& don
   }
   const std::uint64_t id = msg.id;
   w.arena.release_argument(id);  // the worker is done with its argument
+  std::exception_ptr encode_error;  // it ran encode_failed_call: this is its error
+  if (!encode_failed.empty())
+    if (auto it = encode_failed.find(id); it != encode_failed.end()) {
+      encode_error = it->second;
+      encode_failed.erase(it);
+    }
   if (msg.bulk_len) {
     if (!msg.ok || msg.too_large || msg.fault || !msg.data.empty())
       throw ProtocolError(fmt::format("task {}: a result descriptor of {} bytes on a record that is not a plain "
@@ -108,11 +177,13 @@ void Engine::Impl::on_result(std::size_t slot, ResultMsg&& msg, Completions& don
       throw ProtocolError(fmt::format("task {}: a result descriptor of {} bytes, over the pool's limit of {} bytes",
                                       id, msg.bulk_len, max_result()));
     const std::span<const std::byte> bytes = w.arena.result(msg.bulk_off, msg.bulk_len);  // checked bounds
+    msg.data = spare_for(bytes.size());  // warm pages when a spare fits
     msg.data.assign(bytes.begin(), bytes.end());
     w.arena.result_consumed();
   }
   std::exception_ptr error;
-  if (msg.too_large) error = std::make_exception_ptr(ResultTooLarge(id, msg.too_large, max_result()));
+  if (encode_error && !msg.fault) error = encode_error;
+  else if (msg.too_large) error = std::make_exception_ptr(ResultTooLarge(id, msg.too_large, max_result()));
   else if (msg.fault)  // this task broke the worker's fds (it stops next)
     error = std::make_exception_ptr(
         WorkerFault(id, w.pid, std::string(reinterpret_cast<const char*>(msg.data.data()), msg.data.size())));
@@ -174,6 +245,7 @@ void Engine::Impl::collect(Completions& done, bool doorbells) {
   for (std::size_t i = 0; i < workers.size(); ++i)
     if (workers[i]) drain_ring(i, done);
   assign();
+  if (!encode_failed.empty() && sched.idle()) encode_failed.clear();  // their tasks ended otherwise (see send)
 }
 
 bool Engine::Impl::arm_doorbells() {

@@ -14,6 +14,7 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include "pool/engine.hpp"
 #include "pool/engine_events.hpp"
@@ -49,7 +50,7 @@ using pool::WorkerPhase;
 using namespace engine_config;
 
 struct Engine::Impl : Progress, pool::Transport {
-  explicit Impl(EngineOptions o) : opt(with_workers(std::move(o))) {}
+  explicit Impl(EngineOptions o);
   static EngineOptions with_workers(EngineOptions o) {
     if (o.workers == 0) o.workers = cpu_count();
     return o;
@@ -97,7 +98,30 @@ struct Engine::Impl : Progress, pool::Transport {
   // New tasks for a worker, in one write. A send that fails means the worker
   // is dying: its sentinel will tell, and worker_died() requeues what never
   // started.
-  void send(pool::WorkerId slot, const std::deque<pool::InFlight>& flight, std::size_t first) override;
+  void send(pool::WorkerId slot, std::deque<pool::InFlight>& flight, std::size_t first) override;
+  // A lazy call (a large map chunk, Call::lazy) is encoded here, when sent:
+  // straight into the worker's arena when its size is known (one copy from
+  // the caller's items), else through `lazy_scratch` (kept: no page faults
+  // per task); into call.payload when it turns out small or the arena is
+  // full (then inline, as any small task). Throws what the encoder throws.
+  TaskRef stage_lazy(TaskArena& arena, std::uint64_t id, Call& call);
+  Bytes lazy_scratch;
+  // Buffers of large results whose futures are gone (Progress::recycle),
+  // reused by on_result: at most kSpares, each at most kMaxSpare bytes.
+  // Their own lock: a TaskState dies in any thread, under mu or not.
+  static constexpr std::size_t kSpares = 4, kMaxSpare = (std::size_t{16} << 20) + (64 << 10);
+  std::mutex spares_mu;
+  std::vector<Bytes> spares;  // reserved for kSpares: recycle() never allocates
+  void recycle(Bytes& bytes) noexcept override;
+  Bytes spare_for(std::size_t size);
+  // Tasks whose arguments failed to encode when sent (a user type's save()
+  // threw): the worker gets `encode_failed_call` in their place, which
+  // throws there, so the task's result arrives in order as any failure
+  // (the worker and its arena go on). on_result settles the task with the
+  // error kept here (the caller sees what its save() threw). Entries of
+  // tasks that end otherwise (their worker died) go once the pool is idle.
+  std::unordered_map<std::uint64_t, std::exception_ptr> encode_failed;
+  const Call encode_failed_call;
   // A large payload is staged in the worker's arena (usually: it may go
   // inline when the arena is full, then the socket's own bulk path carries
   // it as a 16-byte frame plus a memfd, so it cannot fill the socket buffer
@@ -105,7 +129,7 @@ struct Engine::Impl : Progress, pool::Transport {
   // running one (the worker never waits for its next argument) while the
   // arena holds at most ~8 of them.
   std::size_t queued_size(const Call& call) const override {
-    return call.payload.size() >= TaskArena::kThreshold ? kQueuedBulkSize : call.payload.size();
+    return call.lazy || call.payload.size() >= TaskArena::kThreshold ? kQueuedBulkSize : call.payload.size();
   }
   static constexpr std::size_t kQueuedBulkSize = 4 << 10;
 

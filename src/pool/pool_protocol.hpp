@@ -54,11 +54,14 @@ struct TaskMsg {
 };
 
 // One task as the engine sends it: its call stays in the in-flight table;
-// `bulk` when its payload was staged in the worker's arena.
+// `bulk_off` when its payload (`bulk_len` bytes: a lazy call's payload is
+// encoded straight into the arena, its call.payload empty) was staged in
+// the worker's arena.
 struct TaskRef {
   std::uint64_t id;
   const Call* call;
   std::optional<std::uint64_t> bulk_off;
+  std::uint64_t bulk_len = 0;
 };
 
 // Several tasks in one write: tiny tasks cost one syscall per batch. The
@@ -75,7 +78,7 @@ struct TaskBatch {
     }
     ar(cereal::make_size_tag(static_cast<cereal::size_type>(refs.size())));
     for (const TaskRef& r : refs) {
-      if (r.bulk_off) ar(r.id, r.call->entry, cereal::make_size_tag(cereal::size_type{0}), *r.bulk_off, std::uint64_t{r.call->payload.size()});
+      if (r.bulk_off) ar(r.id, r.call->entry, cereal::make_size_tag(cereal::size_type{0}), *r.bulk_off, r.bulk_len);
       else ar(r.id, r.call->entry, r.call->payload, std::uint64_t{0}, std::uint64_t{0});
     }
   }

@@ -119,9 +119,10 @@ struct DepthRule {
 };
 
 // How tasks reach a worker. Called by assign() once per worker that got
-// tasks: flight[first..] are new, in order.
+// tasks: flight[first..] are new, in order. The transport may fill a lazy
+// call's payload (Call::lazy) there; nothing else of the flight changes.
 struct Transport {
-  virtual void send(WorkerId worker, const std::deque<InFlight>& flight, std::size_t first) = 0;
+  virtual void send(WorkerId worker, std::deque<InFlight>& flight, std::size_t first) = 0;
   // The bytes a queued task occupies on the way (DepthRule::max_queued_bytes):
   // its payload, unless the transport moves it aside (the local engine's
   // large payloads travel as a descriptor).

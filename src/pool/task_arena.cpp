@@ -123,12 +123,18 @@ TaskArena::~TaskArena() {
   base_ = nullptr;
 }
 
-std::optional<std::size_t> TaskArena::stage_argument(std::uint64_t task, std::span<const std::byte> payload) {
-  const auto off = args_.take(payload.size(), task);
+std::optional<std::size_t> TaskArena::reserve_argument(std::uint64_t task, std::size_t len) {
+  const auto off = args_.take(len, task);
   if (!off) return std::nullopt;
-  std::byte* dst = base_ + kArgsAt + *off;
-  (void)::madvise(dst, payload.size(), MADV_POPULATE_WRITE);  // first use: one batched fault, not one per page
-  std::memcpy(dst, payload.data(), payload.size());
+  (void)::madvise(argument_data(*off), len, MADV_POPULATE_WRITE);  // first use: one batched fault, not one per page
+  return off;
+}
+
+std::byte* TaskArena::argument_data(std::size_t off) const noexcept { return base_ + kArgsAt + off; }
+
+std::optional<std::size_t> TaskArena::stage_argument(std::uint64_t task, std::span<const std::byte> payload) {
+  const auto off = reserve_argument(task, payload.size());
+  if (off) std::memcpy(argument_data(*off), payload.data(), payload.size());
   return off;
 }
 

@@ -90,6 +90,11 @@ class TaskArena {
   // ---- engine ----
   // Copies a task's payload into the arguments area; none when it does not fit now.
   std::optional<std::size_t> stage_argument(std::uint64_t task, std::span<const std::byte> payload);
+  // Takes a region of `len` bytes for a task's argument, for the engine to
+  // write at argument_data(offset) (a payload encoded straight into the
+  // arena); none when it does not fit now. Freed as stage_argument's.
+  std::optional<std::size_t> reserve_argument(std::uint64_t task, std::size_t len);
+  std::byte* argument_data(std::size_t off) const noexcept;
   void release_argument(std::uint64_t task) { (void)args_.give_back(task); }
   // The result the worker placed at [off, off + len) of the results area;
   // ProtocolError (naming the byte count) when that is not inside it.

@@ -35,7 +35,14 @@ struct Progress {
   virtual void poll() = 0;
   virtual void spin_begin() {}
   virtual void spin_end() {}
+  // A large result's buffer whose future is gone: the engine may take it
+  // (move from `bytes`) for a later large result, whose copy out of the
+  // arena then lands on warm pages (no mmap, page faults and munmap per
+  // result). Any thread, any lock held: the engine uses a lock of its own.
+  virtual void recycle(Bytes& /*bytes*/) noexcept {}
 };
+
+inline constexpr std::size_t kRecycledResultBytes = std::size_t{256} << 10;
 
 // Shared by a Future (through FutureCore) and the engine.
 struct TaskState {
@@ -47,6 +54,14 @@ struct TaskState {
   std::exception_ptr error;  // RemoteError, WorkerCrashed, TaskTimeout, BrokenPool...
   std::vector<std::function<void()>> callbacks;
   std::weak_ptr<Progress> driver;
+
+  TaskState() = default;
+  TaskState(const TaskState&) = delete;
+  TaskState& operator=(const TaskState&) = delete;
+  ~TaskState() {
+    if (result.capacity() >= kRecycledResultBytes)
+      if (auto d = driver.lock()) d->recycle(result);
+  }
 
   bool start_running();  // pending → running; false when cancelled
   bool cancel();         // pending → cancelled

@@ -255,6 +255,10 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
   }
   unsigned done = 0;
   std::deque<TaskMsg> queue;
+  // A task's result is serialized here, kept from task to task (its
+  // capacity too): a large result is written into warm memory, without
+  // regrowing, then copied once into the arena (deliver).
+  Bytes task_out;
   for (;;) {
     if (queue.empty()) {
       ring.set_running(0);  // between tasks: a death now is no task's fault
@@ -276,7 +280,8 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
     queue.pop_front();
     if (task.id == kStop) return;
     ring.set_running(task.id);
-    ResultMsg result{task.id, true, false, 0, false, {}};
+    ResultMsg result{task.id, true, false, 0, false, std::move(task_out)};
+    result.data.clear();
     try {
       auto* entry = task.call.entry.get<void(std::span<const std::byte>, Bytes&)>();
       // A large argument is read in place, from the arena (the engine frees
@@ -316,6 +321,7 @@ void worker_main(Connection conn, WorkerConfig config, PassedFd ring_fd, PassedF
       ring.set_running(task.id);  // the task may have scribbled it too: this one broke us
       throw;
     }
+    task_out = std::move(result.data);  // emptied by deliver when it went through the arena
     if (!verified || !damage.empty()) checks.went_out_unchecked(task.id);
     // Unless the fds were found intact after this task, an earlier unchecked
     // task (or this one) may have broken the doorbell: then the engine may

@@ -5,14 +5,22 @@
 // task holds a large argument fails only that task and leaves no arena
 // behind; a worker whose result descriptor lies fails its task with
 // WorkerFault naming the byte count, and the pool goes on.
+// Pool::map encodes large chunks when it sends them (Call::lazy), straight
+// into the arena: the same bytes as the eager encoding; a chunk whose
+// encoding throws then fails alone; map settles every chunk before it
+// returns or throws (the items are read until the last one is sent).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <numeric>
+#include <stdexcept>
 #include <string>
+#include <thread>
+#include <tuple>
 #include <vector>
 
 #include "mproc/executor.hpp"
@@ -95,7 +103,176 @@ int forge_result_descriptor(std::uint64_t off, std::uint64_t len) {
   for (;;) ::pause();  // SIGKILL ends it
 }
 
+// A user type whose save() throws when it is poisoned: its encoding fails
+// in the caller's process, when its chunk is sent (lazy) or at submit.
+struct Blob {
+  Bytes data;
+  bool poisoned = false;
+  template <class A>
+  void save(A& ar) const {
+    if (poisoned) throw std::runtime_error("this blob refuses to be encoded");
+    ar(data);
+  }
+  template <class A>
+  void load(A& ar) {
+    ar(data);
+  }
+};
+std::uint64_t blob_checksum(Blob b) { return checksum(std::move(b.data)); }
+
+// Appends its item's checksum to `log` (one line per task that ran), and
+// fails on the item that starts with `bad`.
+std::uint64_t log_checksum(Bytes b, std::string log, unsigned char bad) {
+  if (!b.empty() && b.front() == bad) throw std::invalid_argument("the bad item");
+  const std::uint64_t sum = checksum(std::move(b));
+  std::ofstream(log, std::ios::app) << sum << "\n";
+  return sum;
+}
+
+// The first task (chunk) writes its pid to `started` and blocks on `gate`
+// (the test kills its worker meanwhile); every task appends its checksum
+// to `log` once the gate is open.
+std::uint64_t gated_log_checksum(Bytes b, std::string started, std::string gate, std::string log) {
+  if (!file_exists(started)) write_file(started, std::to_string(::getpid()));
+  wait_for_file(gate);
+  const std::uint64_t sum = checksum(std::move(b));
+  std::ofstream(log, std::ios::app) << sum << "\n";
+  return sum;
+}
+
+std::vector<std::string> lines_of(const std::string& path) {
+  std::vector<std::string> out;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) out.push_back(line);
+  return out;
+}
+
+// The lazy encoding of a chunk: exactly the eager one's bytes, by write()
+// (items of contiguous bytes) and by encode() alike.
+template <class T>
+T same(T x) {
+  return x;
+}
+template <class Item>
+void expect_lazy_matches_eager(const std::vector<Item>& items) {
+  using Fn = Item (*)(Item);
+  const Fn fn = &same<Item>;
+  auto eager = mproc::detail::make_chunk_call<Fn, Item, false>(fn, items.begin(), items.end());
+  auto lazy = mproc::detail::make_lazy_chunk_call<Fn, Item, false>(fn, items.begin(), items.end());
+  ASSERT_TRUE(lazy.lazy);
+  EXPECT_TRUE(lazy.payload.empty());
+  mproc::Bytes encoded;
+  lazy.lazy->encode(encoded);
+  EXPECT_TRUE(encoded == eager.payload);
+  if constexpr (mproc::detail::contiguous_item<Item>::value) {
+    ASSERT_EQ(lazy.lazy->exact_size(), eager.payload.size());
+    mproc::Bytes written(eager.payload.size());
+    lazy.lazy->write(written.data());
+    EXPECT_TRUE(written == eager.payload);
+  } else {
+    EXPECT_EQ(lazy.lazy->exact_size(), 0u);
+  }
+}
+
 }  // namespace
+
+TEST(PoolBulk, LazyChunkEncodingIsTheEagerOne) {
+  expect_lazy_matches_eager(std::vector<Bytes>{pattern(1000, 1), {}, pattern(3, 2)});
+  expect_lazy_matches_eager(std::vector<std::string>{"abc", "", std::string(5000, 'x')});
+  expect_lazy_matches_eager(std::vector<std::vector<double>>{{1.5, -2.0}, {}, std::vector<double>(300, 0.25)});
+  expect_lazy_matches_eager(std::vector<std::vector<std::string>>{{"a", "bc"}, {}});  // not contiguous: encode()
+  expect_lazy_matches_eager(std::vector<Bytes>{});
+}
+
+// A chunk whose encoding throws when it is sent (a user type's save(), in
+// the caller's process, long after map was called) fails with that error,
+// alone: the chunks around it run, the worker and its arena go on (same
+// pid), and the next map is byte-exact. (Before: the error escaped from
+// the engine's send; the chunk never reached its worker and its future
+// never settled.)
+TEST(PoolBulk, AChunkThatFailsToEncodeWhenSentFailsAlone) {
+  Pool pool(1);
+  const auto pids = pool.worker_pids();
+  std::vector<Blob> items;
+  for (unsigned i = 0; i < 6; ++i) items.push_back(Blob{pattern(std::size_t{512} << 10, i), i == 2});
+  try {
+    (void)pool.map(blob_checksum, items, 1);  // the first chunk is encoded at once (large: the rest go lazy)
+    FAIL() << "the poisoned blob was encoded";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "this blob refuses to be encoded");
+  }
+  items[2].poisoned = false;
+  const auto sums = pool.map(blob_checksum, items, 1);
+  ASSERT_EQ(sums.size(), items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) EXPECT_EQ(sums[i], checksum(items[i].data)) << i;
+  EXPECT_EQ(pool.worker_pids(), pids);  // the worker was never replaced
+  const Bytes big = pattern(std::size_t{2} << 20, 9);
+  EXPECT_TRUE(pool.map(echo, std::vector<Bytes>{big, big}, 1).back() == big);
+}
+
+// Pool::map reads its (large) items until their chunks are sent, so it
+// settles every chunk before it throws, as Python's map: when it throws,
+// every other task has run. Over a temporary vector too (destroyed once map
+// returns). (Before: map threw at the first failed chunk, with the others
+// still queued.)
+TEST(PoolBulk, MapSettlesEveryChunkBeforeItThrows) {
+  TempDir dir;
+  Pool pool(1);
+  auto make_items = [] {
+    std::vector<std::tuple<Bytes, std::string, unsigned char>> v;
+    for (unsigned i = 0; i < 8; ++i) {
+      Bytes b = pattern(std::size_t{1} << 20, i);
+      b.front() = static_cast<unsigned char>(i == 0 ? 200 : 1);
+      v.emplace_back(std::move(b), std::string(), static_cast<unsigned char>(200));
+    }
+    return v;
+  };
+  auto items = make_items();
+  for (auto& t : items) std::get<1>(t) = dir.file("log");
+  EXPECT_THROW((void)pool.starmap(log_checksum, std::move(items), 1), mproc::RemoteError);
+  EXPECT_EQ(lines_of(dir.file("log")).size(), 7u);
+  // And over a temporary vector whose items go lazy (contiguous bytes).
+  auto bytes = [] {
+    std::vector<Bytes> v;
+    for (unsigned i = 0; i < 8; ++i) v.push_back(pattern(std::size_t{1} << 20, i + 20));
+    return v;
+  };
+  const auto expected = bytes();
+  const auto out = pool.map(echo, bytes(), 1);
+  ASSERT_EQ(out.size(), expected.size());
+  for (std::size_t i = 0; i < out.size(); ++i) EXPECT_TRUE(out[i] == expected[i]) << i;
+}
+
+// SIGKILL while the first chunk of a map runs and lazy chunks queue behind
+// it in the arena: only that chunk fails (WorkerCrashed); the chunks
+// behind are encoded again, from the caller's items, for the new worker,
+// and run byte-exact; nothing is left behind.
+TEST(PoolBulk, WorkerKilledUnderALazyMapFailsOnlyItsChunk) {
+  TempDir dir;
+  Pool pool(1);
+  std::vector<std::tuple<Bytes, std::string, std::string, std::string>> items;
+  for (unsigned i = 0; i < 5; ++i)
+    items.emplace_back(pattern((std::size_t{1} << 20) + i, i + 40), dir.file("started"), dir.file("gate"),
+                       dir.file("log"));
+  std::thread killer([&] {
+    if (!wait_for_file(dir.file("started"))) return;
+    EXPECT_EQ(memfds_named("mproc-pool-bulk"), 1);
+    ::kill(std::stoi(read_file(dir.file("started"))), SIGKILL);
+    write_file(dir.file("gate"), "open");
+  });
+  try {
+    (void)pool.starmap(gated_log_checksum, items, 1);
+    ADD_FAILURE() << "the killed chunk returned";
+  } catch (const mproc::WorkerCrashed& e) {
+    EXPECT_EQ(e.signal(), SIGKILL);
+  }
+  killer.join();
+  const auto logged = lines_of(dir.file("log"));
+  ASSERT_EQ(logged.size(), items.size() - 1);
+  for (std::size_t i = 1; i < items.size(); ++i)
+    EXPECT_EQ(logged[i - 1], std::to_string(checksum(std::get<0>(items[i])))) << i;
+  EXPECT_EQ(memfds_named("mproc-pool-bulk"), 1);
+}
 
 TEST(PoolBulk, EchoIsByteExactAroundTheThreshold) {
   Pool pool(2);

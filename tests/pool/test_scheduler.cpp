@@ -25,7 +25,7 @@ struct FakeTransport : pool::Transport {
     std::vector<std::uint64_t> ids;
   };
   std::vector<Send> sends;
-  void send(pool::WorkerId worker, const std::deque<pool::InFlight>& flight, std::size_t first) override {
+  void send(pool::WorkerId worker, std::deque<pool::InFlight>& flight, std::size_t first) override {
     Send s{worker, {}};
     for (std::size_t k = first; k < flight.size(); ++k) s.ids.push_back(flight[k].task.state->id);
     sends.push_back(std::move(s));

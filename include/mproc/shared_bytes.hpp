@@ -37,7 +37,7 @@
 //   Connection/Pipe messages (Connection::send carries no fds of a value):
 //   a "by process" handle {sender pid, fd number, device,
 //   inode, size}; the receiver fetches the fd with pidfd_getfd (or, where
-//   that is refused, opens /proc/<pid>/fd/<n>). Only this process, an
+//   that is refused, opens `/proc/<pid>/fd/<n>`). Only this process, an
 //   ancestor or a descendant is asked; a handle naming this process (an echo
 //   of its own buffer) is found among its live buffers by inode: the same
 //   mapping comes back. The sender must still hold the fd when the receiver

@@ -27,7 +27,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <fstream>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -38,6 +37,7 @@
 #include "mproc/serialize.hpp"
 #include "sys/fd.hpp"
 #include "sys/no_destroy.hpp"
+#include "sys/pidfd.hpp"
 
 namespace mproc {
 
@@ -191,28 +191,13 @@ BytesBlock* adopt(sys::UniqueFd fd, std::uint64_t size) {
   return b.release();
 }
 
-pid_t parent_of(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(in, line)) return 0;
-  auto close = line.rfind(')');
-  if (close == std::string::npos || close + 4 >= line.size()) return 0;
-  return static_cast<pid_t>(std::strtol(line.c_str() + close + 4, nullptr, 10));
-}
-// Whether `up` is `down` or one of its ancestors (a bounded walk).
-bool is_ancestor(pid_t up, pid_t down) {
-  for (int depth = 0; depth < 64 && down > 1; ++depth, down = parent_of(down))
-    if (down == up) return true;
-  return false;
-}
-
 // The fd `number` of process `pid` (an ancestor or a descendant of this
 // one), as a new fd of ours. pidfd_getfd dups the sender's open file (so
 // acknowledge() reaches it); where that is refused (ptrace rules), the
 // /proc/<pid>/fd link is opened, but only when it names a memfd.
 sys::UniqueFd fetch(pid_t pid, int number, const std::string& from) {
   const pid_t self = ::getpid();
-  if (pid != self && !is_ancestor(pid, self) && !is_ancestor(self, pid))
+  if (!sys::is_self_or_ancestor(pid, self) && !sys::is_self_or_ancestor(self, pid))
     fail("the handle " + from + " names process " + std::to_string(pid) +
          ", neither this process nor one of its ancestors or descendants (or it is gone): refused");
   if (pid == self) {
@@ -346,31 +331,50 @@ void SharedBytes::save(OutputArchive& ar) const {
      b_->ino, static_cast<std::uint64_t>(b_->size));
 }
 
+namespace {
+
+// A decoded handle: its kind and the fields that kind carries (one reader
+// for load() and skip_shared_bytes(), so the two cannot drift).
+struct Handle {
+  std::uint8_t kind = kEmpty;
+  std::uint32_t index = 0;  // kPassedFd: the fd's place among those received
+  std::int64_t pid = 0;     // kByProcess: whose fd `number` it is
+  std::int32_t number = 0;
+  std::uint64_t dev = 0, ino = 0;
+  std::uint64_t size = 0;
+};
+
+Handle read_handle(InputArchive& ar) {
+  Handle h;
+  ar(h.kind);
+  if (h.kind == kEmpty) return h;
+  if (h.kind == kPassedFd) {
+    ar(h.index, h.size);
+    return h;
+  }
+  if (h.kind != kByProcess)
+    throw DeserializeError("mproc::SharedBytes: unknown handle kind " + std::to_string(h.kind));
+  ar(h.pid, h.number, h.dev, h.ino, h.size);
+  return h;
+}
+
+}  // namespace
+
 void SharedBytes::load(InputArchive& ar) {
-  std::uint8_t kind = 0;
-  ar(kind);
+  const Handle h = read_handle(ar);
   *this = SharedBytes();
-  if (kind == kEmpty) return;
-  if (kind == kPassedFd) {
-    std::uint32_t index = 0;
-    std::uint64_t size = 0;
-    ar(index, size);
-    sys::UniqueFd fd(ar.take_fd(index, "mproc::SharedBytes"));
-    const std::string from = "passed with the message";
-    verify(fd.get(), size, from);
-    b_ = adopt(std::move(fd), size);
+  if (h.kind == kEmpty) return;
+  if (h.kind == kPassedFd) {
+    sys::UniqueFd fd(ar.take_fd(h.index, "mproc::SharedBytes"));
+    verify(fd.get(), h.size, "passed with the message");
+    b_ = adopt(std::move(fd), h.size);
     return;
   }
-  if (kind != kByProcess) throw DeserializeError("mproc::SharedBytes: unknown handle kind " + std::to_string(kind));
-  std::int64_t pid = 0;
-  std::int32_t number = 0;
-  std::uint64_t dev = 0, ino = 0, size = 0;
-  ar(pid, number, dev, ino, size);
-  const std::string from = "(fd " + std::to_string(number) + " of process " + std::to_string(pid) + ", " +
-                           std::to_string(size) + " bytes)";
-  if (BytesBlock* live = find_live(dev, ino)) {  // ours already: an echo, or a second copy
+  const std::string from = "(fd " + std::to_string(h.number) + " of process " + std::to_string(h.pid) + ", " +
+                           std::to_string(h.size) + " bytes)";
+  if (BytesBlock* live = find_live(h.dev, h.ino)) {  // ours already: an echo, or a second copy
     SharedBytes held(live);
-    if (held.size() != size)
+    if (held.size() != h.size)
       fail("the buffer " + from + " is " + std::to_string(held.size()) + " bytes here: refused");
     acknowledge(live->fd);
     // It came back sealed from elsewhere (a fork child's inherited copy of
@@ -379,33 +383,20 @@ void SharedBytes::load(InputArchive& ar) {
     *this = std::move(held);
     return;
   }
-  if (pid <= 0 || pid > 0x3fffffff || number < 0) fail("the handle " + from + " names no process's fd: refused");
-  sys::UniqueFd fd = fetch(static_cast<pid_t>(pid), number, from);
+  if (h.pid <= 0 || h.pid > 0x3fffffff || h.number < 0) fail("the handle " + from + " names no process's fd: refused");
+  sys::UniqueFd fd = fetch(static_cast<pid_t>(h.pid), h.number, from);
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) fail_errno("fstat");
-  if (static_cast<std::uint64_t>(st.st_dev) != dev || static_cast<std::uint64_t>(st.st_ino) != ino)
+  if (static_cast<std::uint64_t>(st.st_dev) != h.dev || static_cast<std::uint64_t>(st.st_ino) != h.ino)
     fail("the fd " + from + " is not the buffer its handle names (device/inode differ): refused");
-  verify(fd.get(), size, from);
+  verify(fd.get(), h.size, from);
   acknowledge(fd.get());
-  b_ = adopt(std::move(fd), size);
+  b_ = adopt(std::move(fd), h.size);
 }
 
 void detail::skip_shared_bytes(InputArchive& ar) {
-  std::uint8_t kind = 0;
-  ar(kind);
-  if (kind == kEmpty) return;
-  if (kind == kPassedFd) {
-    std::uint32_t index = 0;
-    std::uint64_t size = 0;
-    ar(index, size);
-    sys::UniqueFd(ar.take_fd(index, "mproc::SharedBytes"));  // closed: not needed
-    return;
-  }
-  if (kind != kByProcess) throw DeserializeError("mproc::SharedBytes: unknown handle kind " + std::to_string(kind));
-  std::int64_t pid = 0;
-  std::int32_t number = 0;
-  std::uint64_t dev = 0, ino = 0, size = 0;
-  ar(pid, number, dev, ino, size);
+  const Handle h = read_handle(ar);
+  if (h.kind == kPassedFd) sys::UniqueFd(ar.take_fd(h.index, "mproc::SharedBytes"));  // closed: not needed
 }
 
 // ---- pins ---------------------------------------------------------------------

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "sys/fd.hpp"
+#include "sys/pidfd.hpp"
 
 namespace mproc {
 
@@ -335,24 +336,6 @@ bool is_mproc_memfd_link(const std::string& link_path) {
   return t == "/memfd:" + std::string(kMemfdName) + " (deleted)";
 }
 
-// Parent pid of pid (field 4 of /proc/<pid>/stat), or 0.
-pid_t parent_of(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(in, line)) return 0;
-  auto close = line.rfind(')');
-  if (close == std::string::npos || close + 4 >= line.size()) return 0;
-  return static_cast<pid_t>(std::strtol(line.c_str() + close + 4, nullptr, 10));
-}
-
-bool is_self_or_ancestor(pid_t pid) {
-  if (pid <= 0) return false;
-  pid_t p = ::getpid();
-  for (int depth = 0; depth < 32 && p > 1; ++depth, p = parent_of(p))
-    if (p == pid) return true;
-  return false;
-}
-
 // The file behind a decoded named handle: dir/name, checked after opening.
 sys::UniqueFd open_named_handle(const std::string& dir, const std::string& name, std::uint64_t dev,
                                 std::uint64_t ino) {
@@ -386,7 +369,7 @@ sys::UniqueFd open_named_handle(const std::string& dir, const std::string& name,
 sys::UniqueFd open_proc_handle(std::int64_t pid, std::int32_t number, std::uint64_t dev, std::uint64_t ino) {
   const std::string path = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(number);
   if (pid <= 0 || pid > std::numeric_limits<pid_t>::max() || number < 0) refuse(path, "not a process's fd");
-  if (!is_self_or_ancestor(static_cast<pid_t>(pid)))
+  if (!sys::is_self_or_ancestor(static_cast<pid_t>(pid), ::getpid()))
     refuse(path, "process " + std::to_string(pid) + " is neither this process nor one of its ancestors");
   if (!is_mproc_memfd_link(path))
     throw SharedMemoryError("anonymous shared memory sent by process " + std::to_string(pid) +

@@ -6,6 +6,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <fstream>
+#include <string>
 
 namespace mproc::sys {
 
@@ -38,6 +41,23 @@ int exitcode_from_status(int status) noexcept {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return -WTERMSIG(status);
   return -1;
+}
+
+pid_t parent_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return 0;
+  // The name (field 2) may hold spaces and ')': the state follows the last ')'.
+  auto close = line.rfind(')');
+  if (close == std::string::npos || close + 4 >= line.size()) return 0;
+  return static_cast<pid_t>(std::strtol(line.c_str() + close + 4, nullptr, 10));
+}
+
+bool is_self_or_ancestor(pid_t up, pid_t down) {
+  if (up <= 0) return false;
+  for (int depth = 0; depth < 64 && down > 1; ++depth, down = parent_of(down))
+    if (down == up) return true;
+  return false;
 }
 
 }  // namespace mproc::sys

@@ -456,6 +456,20 @@ def main():
             continue
         v = by[lbl][field]
         target(text, v, v is not None and v <= need)
+    # Pool.map with large items: >= 10x CPython, and echo >= 40% of memcpy
+    # (mproc/floor <= 2.5). The SharedBytes rows are the zero-copy path for
+    # the same work (the task reads the caller's buffer, no copy).
+    for lbl, text, field, need in (
+            ("Pool.map 1 MiB items, arguments only", "Pool.map 1 MiB arguments only ≥ 10× CPython", "speedup", 10.0),
+            ("Pool.map 1 MiB items, echo", "Pool.map 1 MiB echo ≥ 10× CPython", "speedup", 10.0),
+            ("Pool.map 1 MiB items, echo", "Pool.map 1 MiB echo ≥ 40% of memcpy", "slowdown", 2.5),
+            ("Pool.map 1 MiB SharedBytes, echo", "Pool.map 1 MiB SharedBytes echo ≥ 10× CPython's bytes echo",
+             "speedup", 10.0),
+            ("Pool.map 1 MiB SharedBytes, echo", "Pool.map 1 MiB SharedBytes echo ≥ 40% of memcpy", "slowdown", 2.5)):
+        if lbl not in by:
+            continue
+        v = by[lbl][field]
+        target(text, v, v is not None and (v >= need if field == "speedup" else v <= need))
     q = by.get("Queue 1→1, 1 MiB messages")
     if q:
         v = median_of(mp_rounds, "BM_Queue1MiB")

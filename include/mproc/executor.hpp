@@ -69,14 +69,10 @@ inline EngineOptions engine_options(const PoolOptions& o, const char* name) {
 }
 
 template <class R>
-std::vector<R> concat_chunks(std::vector<Future<std::vector<R>>>& chunks, std::chrono::steady_clock::time_point deadline) {
+std::vector<R> concat_chunks(std::vector<Future<std::vector<R>>>& chunks, Deadline deadline) {
   std::vector<R> out;
   for (auto& c : chunks) {
-    auto now = std::chrono::steady_clock::now();
-    Timeout left = deadline == std::chrono::steady_clock::time_point::max()
-                       ? Timeout{}
-                       : Timeout{std::max(deadline - now, std::chrono::steady_clock::duration::zero())};
-    auto part = c.result(left);
+    auto part = c.result(deadline.left());
     out.insert(out.end(), std::make_move_iterator(part.begin()), std::make_move_iterator(part.end()));
   }
   return out;
@@ -159,8 +155,7 @@ std::size_t default_chunksize(const Range& items, unsigned workers) {
 template <class R>
 class MapResults {
  public:
-  using Clock = std::chrono::steady_clock;
-  MapResults(std::vector<Future<std::vector<R>>> chunks, Clock::time_point deadline)
+  MapResults(std::vector<Future<std::vector<R>>> chunks, detail::Deadline deadline)
       : chunks_(std::move(chunks)), deadline_(deadline) {}
   MapResults(MapResults&&) = delete;  // iterators point into it; returned by guaranteed elision
   ~MapResults() { cancel_from(next_chunk_); }
@@ -213,16 +208,13 @@ class MapResults {
   std::default_sentinel_t end() { return {}; }
 
  private:
-  Timeout left() const {
-    if (deadline_ == Clock::time_point::max()) return std::nullopt;
-    return std::max<std::chrono::nanoseconds>(deadline_ - Clock::now(), std::chrono::nanoseconds::zero());
-  }
+  Timeout left() const { return deadline_.left(); }
   void cancel_from(std::size_t i) {
     for (; i < chunks_.size(); ++i) chunks_[i].cancel();
   }
 
   std::vector<Future<std::vector<R>>> chunks_;
-  Clock::time_point deadline_;
+  detail::Deadline deadline_;
   std::size_t next_chunk_ = 0;
   std::vector<R> part_;  // the chunk being handed out
   std::size_t pos_ = 0;

@@ -124,7 +124,7 @@ class Future {
   void wait() const { core_.wait(); }
   template <class Rep, class Period>
   bool wait_for(std::chrono::duration<Rep, Period> d) const {
-    return core_.wait_until(std::chrono::steady_clock::now() + d);
+    return core_.wait_until(detail::deadline_after(Timeout(d)));
   }
 
   // The value; rethrows the task's error (RemoteError, WorkerCrashed,
@@ -173,7 +173,7 @@ class AnyFuture {
   void wait() const { core_.wait(); }
   template <class Rep, class Period>
   bool wait_for(std::chrono::duration<Rep, Period> d) const {
-    return core_.wait_until(std::chrono::steady_clock::now() + d);
+    return core_.wait_until(detail::deadline_after(Timeout(d)));
   }
   // The task's error (null when it succeeded); TimeoutError if not done in time.
   std::exception_ptr exception(Timeout timeout = std::nullopt) const {
@@ -211,7 +211,7 @@ class CompletionQueue {
  public:
   void push(std::size_t index);
   // The next completed index, or nullopt at the deadline.
-  std::optional<std::size_t> pop(std::chrono::steady_clock::time_point deadline);
+  std::optional<std::size_t> pop(Deadline deadline);
 
  private:
   std::mutex mu_;
@@ -305,7 +305,7 @@ class AsCompletedSet {
  private:
   std::vector<F> futures_;
   std::shared_ptr<detail::CompletionQueue> q_;
-  std::chrono::steady_clock::time_point deadline_;
+  detail::Deadline deadline_;
   std::size_t returned_ = 0;
 };
 template <class R>

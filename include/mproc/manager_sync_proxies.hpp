@@ -134,16 +134,11 @@ class ConditionProxy : public detail::ProxyOf<detail::proto::ConditionProtocol, 
   bool wait(Timeout timeout = std::nullopt) const { return invoke<"wait">(detail::caller_identity(), timeout); }
   template <class Pred>
   bool wait_for(Pred pred, Timeout timeout = std::nullopt) const {
-    using Clock = std::chrono::steady_clock;
-    const auto deadline = timeout ? Clock::now() + mproc::detail::as_duration(timeout) : Clock::time_point::max();
+    const auto deadline = mproc::detail::deadline_after(timeout);
     bool result = pred();
     while (!result) {
-      Timeout left;
-      if (timeout) {
-        const auto now = Clock::now();
-        if (now >= deadline) break;
-        left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now);
-      }
+      const Timeout left = deadline.left();
+      if (left && left.nanoseconds() <= 0) break;
       wait(left);
       result = pred();
     }

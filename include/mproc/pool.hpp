@@ -338,7 +338,7 @@ class Pool {
     parts.reserve(chunks.size());
     for (auto& c : chunks) parts.push_back(detail::FutureAccess::core(c));
     return AsyncResult<std::vector<R>>(std::move(parts), [chunks]() mutable {
-      return detail::concat_chunks(chunks, std::chrono::steady_clock::time_point::max());
+      return detail::concat_chunks(chunks, detail::Deadline::forever());
     });
   }
   detail::PoolCore engine_;

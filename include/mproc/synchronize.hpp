@@ -187,14 +187,10 @@ class Condition : public detail::LockBase {
   bool wait(Timeout timeout = std::nullopt) const;
   template <class Pred>
   bool wait_for(Pred pred, Timeout timeout = std::nullopt) const {
-    if (timeout && mproc::detail::as_duration(timeout) > std::chrono::hours(24 * 365 * 100)) timeout.reset();  // forever; no overflow
-    const auto end = timeout ? std::chrono::steady_clock::now() + mproc::detail::as_duration(timeout) : std::chrono::steady_clock::time_point::max();
+    const auto end = mproc::detail::deadline_after(timeout);
     while (!pred()) {
-      Timeout left;
-      if (timeout) {
-        left = std::chrono::duration_cast<std::chrono::nanoseconds>(end - std::chrono::steady_clock::now());
-        if (left->count() <= 0) return pred();
-      }
+      const Timeout left = end.left();
+      if (left && left.nanoseconds() <= 0) return pred();
       wait(left);
     }
     return true;

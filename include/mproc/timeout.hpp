@@ -71,6 +71,14 @@ class Timeout {
   constexpr Timeout(const std::optional<D>& d) noexcept  // NOLINT: implicit
       : ns_(d ? detail::to_nanoseconds(*d) : 0), set_(d.has_value()) {}
 
+  // A timeout of ns nanoseconds (what Deadline::left() gives back).
+  static constexpr Timeout from_nanoseconds(std::int64_t ns) noexcept {
+    Timeout t;
+    t.ns_ = ns;
+    t.set_ = true;
+    return t;
+  }
+
   constexpr bool has_value() const noexcept { return set_; }
   constexpr explicit operator bool() const noexcept { return set_; }
   // The timeout in nanoseconds (0 when empty).

@@ -1,6 +1,7 @@
 #include "mproc/futures.hpp"
 
 #include "pool/task_state.hpp"
+#include "sys/clock.hpp"
 
 #include <fmt/format.h>
 
@@ -118,13 +119,13 @@ bool FutureCore::running() const { return state().phase.load() == TaskPhase::run
 bool FutureCore::cancelled() const { return state().phase.load() == TaskPhase::cancelled; }
 bool FutureCore::cancel() const { return state().cancel(); }
 void FutureCore::wait() const { state().wait(); }
-bool FutureCore::wait_until(std::chrono::steady_clock::time_point deadline) const {
-  return state().wait_until(deadline);
+bool FutureCore::wait_until(Deadline deadline) const {
+  return state().wait_until(sys::to_time_point(deadline));
 }
 
-std::exception_ptr FutureCore::exception(std::chrono::steady_clock::time_point deadline) const {
+std::exception_ptr FutureCore::exception(Deadline deadline) const {
   auto& s = state();
-  if (!s.wait_until(deadline)) throw TimeoutError("Future::exception: timed out");
+  if (!s.wait_until(sys::to_time_point(deadline))) throw TimeoutError("Future::exception: timed out");
   return error_if_done();
 }
 
@@ -150,9 +151,10 @@ void CompletionQueue::push(std::size_t index) {
   cv_.notify_all();
 }
 
-std::optional<std::size_t> CompletionQueue::pop(std::chrono::steady_clock::time_point deadline) {
+std::optional<std::size_t> CompletionQueue::pop(Deadline until) {
+  const auto deadline = sys::to_time_point(until);
   std::unique_lock lock(mu_);
-  if (deadline == std::chrono::steady_clock::time_point::max()) cv_.wait(lock, [&] { return !ready_.empty(); });
+  if (until.is_forever()) cv_.wait(lock, [&] { return !ready_.empty(); });
   else if (!cv_.wait_until(lock, deadline, [&] { return !ready_.empty(); })) return std::nullopt;
   std::size_t i = ready_.front();
   ready_.erase(ready_.begin());

@@ -278,7 +278,7 @@ bool QueueCore::put(std::span<const std::byte> msg, bool block, Timeout timeout)
       big ? std::as_bytes(std::span<const BigRef>(&ref, 1)) : msg;
   const Record rec{static_cast<std::uint32_t>(payload.size()), big ? kBig : 0};
   const std::uint64_t need = sizeof rec + pad8(payload.size());
-  const sys::Deadline deadline = block ? sys::deadline_after(timeout) : std::nullopt;
+  const sys::Deadline deadline = block ? sys::deadline_after(timeout) : sys::Deadline::forever();
   lock();
   for (;;) {
     const std::uint64_t head = st.head.load(std::memory_order_relaxed);
@@ -314,7 +314,7 @@ bool QueueCore::put(std::span<const std::byte> msg, bool block, Timeout timeout)
 
 bool QueueCore::get(Bytes& out, bool block, Timeout timeout) const {
   QueueState& st = const_cast<QueueState&>(state("get"));
-  const sys::Deadline deadline = block ? sys::deadline_after(timeout) : std::nullopt;
+  const sys::Deadline deadline = block ? sys::deadline_after(timeout) : sys::Deadline::forever();
   if (block)  // a short spin: a put arriving within microseconds costs no sleep
     for (int i = 0; i < kSpin && st.count.load(std::memory_order_relaxed) == 0; ++i) sys::cpu_relax();
   lock();

@@ -102,7 +102,7 @@ bool SharedMutex::acquire(Timeout timeout) const {
   } else if (!timeout) {
     rc = ::pthread_mutex_lock(&st_->m);
   } else if (timeout->count() > 0) {
-    timespec abs = monotonic_after(mproc::detail::as_duration(timeout));
+    timespec abs = monotonic_after(sys::as_duration(timeout));
     rc = ::pthread_mutex_clocklock(&st_->m, CLOCK_MONOTONIC, &abs);
   }
   bool died = false;
@@ -123,7 +123,7 @@ bool SharedMutex::acquire(Timeout timeout) const {
       throw ValueError("mproc::Lock: the calling thread already holds this lock; acquiring it again without "
                        "a timeout would deadlock (an RLock may be re-entered)");
     if (timeout->count() > 0) {
-      timespec abs = monotonic_after(mproc::detail::as_duration(timeout));
+      timespec abs = monotonic_after(sys::as_duration(timeout));
       while (::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &abs, nullptr) == EINTR) {
       }
     }
@@ -192,7 +192,7 @@ void Semaphore::load(InputArchive& ar) {
 }
 
 bool Semaphore::acquire(bool block, Timeout timeout) const {
-  const sys::Deadline deadline = block ? sys::deadline_after(timeout) : sys::Deadline(std::chrono::steady_clock::now());
+  const sys::Deadline deadline = block ? sys::deadline_after(timeout) : sys::Deadline(detail::monotonic_ns());
   for (;;) {
     std::uint32_t v = st_->value.load(std::memory_order_relaxed);
     while (v > 0)

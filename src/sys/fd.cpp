@@ -1,6 +1,7 @@
 #include "sys/fd.hpp"
 
 #include "mproc/errors.hpp"
+#include "sys/clock.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -109,7 +110,7 @@ void write_all(int fd, const void* buf, std::size_t n, bool socket) {
 int poll_ms(Timeout timeout) {
   if (!timeout) return -1;
   if (timeout->count() <= 0) return 0;
-  auto ms = std::chrono::ceil<std::chrono::milliseconds>(mproc::detail::as_duration(timeout)).count();
+  auto ms = std::chrono::ceil<std::chrono::milliseconds>(as_duration(timeout)).count();
   return ms > 0x7fffffff ? 0x7fffffff : static_cast<int>(ms);
 }
 
@@ -117,7 +118,7 @@ std::size_t poll_readable(std::span<const int> fds, std::span<bool> ready, Timeo
   std::vector<pollfd> pfds(fds.size());
   for (std::size_t i = 0; i < fds.size(); ++i) pfds[i] = {fds[i], POLLIN, 0};
   using clock = std::chrono::steady_clock;
-  const auto deadline = timeout ? clock::now() + mproc::detail::as_duration(timeout) : clock::time_point::max();
+  const auto deadline = timeout ? clock::now() + as_duration(timeout) : clock::time_point::max();
   for (;;) {
     Timeout left = timeout ? Timeout(deadline - clock::now()) : std::nullopt;
     int r = ::poll(pfds.data(), pfds.size(), poll_ms(left));

@@ -17,9 +17,9 @@ static_assert(sizeof(std::atomic<std::uint32_t>) == 4 && std::atomic<std::uint32
 bool futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected, Deadline deadline) {
   timespec ts{};
   timespec* tsp = nullptr;
-  if (deadline) {
-    // steady_clock is CLOCK_MONOTONIC, FUTEX_WAIT_BITSET's default clock.
-    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline->time_since_epoch()).count();
+  if (!deadline.is_forever()) {
+    // A Deadline is on CLOCK_MONOTONIC, FUTEX_WAIT_BITSET's default clock.
+    auto ns = deadline.ns();
     if (ns < 0) ns = 0;
     ts.tv_sec = static_cast<time_t>(ns / 1000000000);
     ts.tv_nsec = static_cast<long>(ns % 1000000000);

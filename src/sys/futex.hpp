@@ -7,12 +7,12 @@
 #include <cstdint>
 #include <optional>
 
-#include "mproc/detail/deadline.hpp"
+#include "sys/clock.hpp"
 
 namespace mproc::sys {
 
 using mproc::Timeout;
-using Deadline = std::optional<std::chrono::steady_clock::time_point>;  // nullopt: forever
+using Deadline = detail::Deadline;
 
 // Sleeps while *word == expected, until woken or the deadline (absolute,
 // CLOCK_MONOTONIC). Returns false only on timeout; a wake, a changed value,
@@ -21,18 +21,13 @@ bool futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected, Deadli
 // Wakes up to n waiters (INT_MAX: all); returns how many were woken.
 int futex_wake(std::atomic<std::uint32_t>* word, int n);
 
-// mproc's one timeout rule (detail::deadline_after), with "forever" as nullopt.
-inline Deadline deadline_after(Timeout timeout) {
-  const auto d = detail::deadline_after(timeout);
-  if (d == std::chrono::steady_clock::time_point::max()) return std::nullopt;
-  return d;
-}
-inline bool expired(const Deadline& d) { return d && std::chrono::steady_clock::now() >= *d; }
+using detail::deadline_after;  // mproc's one timeout rule
+inline bool expired(const Deadline& d) { return d.passed(); }
 // The earlier of d and now+slice: waits are cut into slices so that a waker
 // killed between its wake and its work never strands the other waiters.
 inline Deadline sliced(const Deadline& d, std::chrono::milliseconds slice) {
-  auto s = std::chrono::steady_clock::now() + slice;
-  return (d && *d < s) ? d : Deadline(s);
+  const Deadline s(detail::monotonic_ns() + std::chrono::nanoseconds(slice).count());
+  return d < s ? d : s;
 }
 // A short busy spin for a cross-process event, before sleeping.
 inline void cpu_relax() noexcept {

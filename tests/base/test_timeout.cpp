@@ -30,14 +30,30 @@ static_assert(Timeout(20ms) == Timeout(20'000'000ns));
 }  // namespace
 
 TEST(Timeout, ForeverHasNoDeadline) {
-  EXPECT_EQ(mproc::detail::deadline_after(std::nullopt), std::chrono::steady_clock::time_point::max());
-  EXPECT_EQ(mproc::detail::deadline_after(std::chrono::hours(24 * 365 * 1000)),
-            std::chrono::steady_clock::time_point::max());
+  EXPECT_TRUE(mproc::detail::deadline_after(std::nullopt).is_forever());
+  EXPECT_TRUE(mproc::detail::deadline_after(std::chrono::hours(24 * 365 * 1000)).is_forever());
+  EXPECT_FALSE(mproc::detail::deadline_after(std::nullopt).left());  // forever: an empty Timeout
 }
 
 TEST(Timeout, DeadlineIsNowPlusTimeout) {
+  // The deadline's clock is steady_clock's (CLOCK_MONOTONIC).
+  const auto ns = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+  };
   const auto before = std::chrono::steady_clock::now();
   const auto deadline = mproc::detail::deadline_after(2s);
-  EXPECT_GE(deadline, before + 2s);
-  EXPECT_LE(deadline, std::chrono::steady_clock::now() + 2s);
+  EXPECT_GE(deadline.ns(), ns(before + 2s));
+  EXPECT_LE(deadline.ns(), ns(std::chrono::steady_clock::now() + 2s));
+  EXPECT_FALSE(deadline.passed());
+  const Timeout left = deadline.left();
+  ASSERT_TRUE(left);
+  EXPECT_LE(left.nanoseconds(), 2'000'000'000);
+  EXPECT_GT(left.nanoseconds(), 0);
+}
+
+TEST(Timeout, APassedDeadlineLeavesZero) {
+  const auto deadline = mproc::detail::deadline_after(-5s);  // negative: do not wait
+  EXPECT_TRUE(deadline.passed());
+  ASSERT_TRUE(deadline.left());
+  EXPECT_EQ(deadline.left().nanoseconds(), 0);
 }

@@ -34,10 +34,10 @@ class FutureCore {
   bool cancelled() const;
   bool cancel() const;  // succeeds only while the task has not started
   void wait() const;
-  bool wait_until(std::chrono::steady_clock::time_point deadline) const;
+  bool wait_until(Deadline deadline) const;
   // Once done: the task's error, CancelledError when cancelled, null when it
   // succeeded. TimeoutError if not done by the deadline.
-  std::exception_ptr exception(std::chrono::steady_clock::time_point deadline) const;
+  std::exception_ptr exception(Deadline deadline) const;
   // exception() of a task known to be done (no wait); null while not done.
   std::exception_ptr error_if_done() const;
   // The serialized value of a task that succeeded (check exception() first).

@@ -12,7 +12,11 @@
 // already in the parent's memory (downloaded, decoded, generated) is where
 // mproc::SharedBytes helps: a std::vector argument is copied into the
 // worker's arena, a SharedBytes crosses as a handle and the worker hashes
-// the parent's own pages.
+// the parent's own pages. With SHA-256 (a few hundred MB/s per core) the
+// hashing dominates, so the two take about the same time here; what the
+// handle saves is the copy and the memory it takes. A cheaper task over the
+// same bytes (a checksum, a lookup) is where the copy shows in the time
+// (bench/bench_bulk.cpp: SharedBytes echo 114x CPython, docs/benchmarks.md).
 #include <openssl/evp.h>
 #include <unistd.h>
 

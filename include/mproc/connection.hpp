@@ -43,11 +43,9 @@
 // smaller than, or with less memory than, the announced length; see
 // docs/security.md. Pipes (Pipe(false)) and TCP keep the stream.
 #pragma once
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
-#include <memory>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -59,6 +57,8 @@
 #include "mproc/errors.hpp"
 #include "mproc/process.hpp"
 #include "mproc/detail/codec.hpp"
+#include "mproc/detail/owned.hpp"
+#include "mproc/timeout.hpp"
 
 namespace mproc {
 
@@ -121,12 +121,15 @@ class Connection {
 
   // Whether a message (or EOF) is ready within timeout (default: no wait;
   // nullopt waits forever).
-  bool poll(Timeout timeout = std::chrono::nanoseconds{0}) const;
+  bool poll(Timeout timeout = Timeout::from_nanoseconds(0)) const;
   // Polls without sleeping for up to `spin`, yielding the CPU between looks:
   // true as soon as a message is ready, false when the time ran out. For a
   // peer expected to answer within microseconds it saves a sleep and a
   // wake-up (pool workers, manager clients and server).
-  bool poll_spinning(std::chrono::microseconds spin) const;
+  template <detail::duration_like D>
+  bool poll_spinning(const D& spin) const {
+    return poll_spinning_ns(detail::to_nanoseconds(spin));
+  }
   void close() noexcept;
   bool closed() const noexcept { return fd_ < 0; }
   bool readable() const noexcept { return readable_; }
@@ -201,6 +204,7 @@ class Connection {
   void check_bulk_frame(std::uint64_t length);
   bool pending_bulk() const noexcept;
   detail::BulkState& bulk();
+  bool poll_spinning_ns(std::int64_t spin_ns) const;
   // read(2) on the stream; on a Unix socket, recvmsg keeping arrived fds.
   ssize_t read_stream(std::byte* dst, std::size_t n);
 
@@ -208,7 +212,7 @@ class Connection {
   bool readable_ = false, writable_ = false, socket_ = false;
   bool unix_ = false;  // an AF_UNIX socket: fds can travel (bulk frames)
   std::size_t bulk_threshold_ = kDefaultBulkThreshold;
-  std::unique_ptr<detail::BulkState> bulk_;  // slabs, arrived fds, the pending frame's fd
+  detail::Owned<detail::BulkState> bulk_;  // slabs, arrived fds, the pending frame's fd
   std::uint64_t rstream_ = 0;  // bytes read from the stream so far (places arrived fds)
   dev_t slab_dev_ = 0;  // the pending bulk frame's slab, once checked
   ino_t slab_ino_ = 0;

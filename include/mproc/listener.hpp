@@ -27,10 +27,8 @@
 #pragma once
 #include <sys/types.h>
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,6 +36,8 @@
 #include "mproc/connection.hpp"
 #include "mproc/errors.hpp"
 #include "mproc/detail/codec.hpp"
+#include "mproc/detail/owned.hpp"
+#include "mproc/timeout.hpp"
 
 namespace mproc {
 
@@ -60,12 +60,12 @@ struct Address {
   void load(InputArchive& ar);
 };
 
-// How long a handshake step may take before the peer is refused.
-inline constexpr std::chrono::seconds kHandshakeTimeout{10};
+// How long a handshake step may take before the peer is refused (10 s).
+inline constexpr Timeout kHandshakeTimeout = Timeout::from_nanoseconds(10'000'000'000);
 // Listener::accept(): clients that have not answered their challenge yet, at
 // most this many (the oldest is dropped for a newcomer) and for this long.
 inline constexpr std::size_t kMaxPendingHandshakes = 32;
-inline constexpr std::chrono::seconds kHandshakeDeadline{3};
+inline constexpr Timeout kHandshakeDeadline = Timeout::from_nanoseconds(3'000'000'000);  // 3 s
 
 class Listener {
  public:
@@ -107,7 +107,7 @@ class Listener {
   pid_t owner_ = 0;  // only the process that bound a path unlinks it
   std::string private_dir_;  // the 0700 directory made for the socket, or empty
   struct PendingHandshake;
-  std::vector<std::unique_ptr<PendingHandshake>> pending_;  // see accept()
+  std::vector<detail::Owned<PendingHandshake>> pending_;  // see accept()
 };
 
 // Connects and authenticates. Throws OSError when nothing listens
@@ -120,10 +120,8 @@ std::string random_authkey();
 namespace detail {
 // The two halves of the mutual handshake. Throw AuthenticationError, or
 // ConnectionClosed when the peer hangs up.
-void authenticate_server(Connection& c, std::string_view authkey,
-                         std::chrono::nanoseconds timeout = kHandshakeTimeout);
-void authenticate_client(Connection& c, std::string_view authkey,
-                         std::chrono::nanoseconds timeout = kHandshakeTimeout);
+void authenticate_server(Connection& c, std::string_view authkey, Timeout timeout = kHandshakeTimeout);
+void authenticate_client(Connection& c, std::string_view authkey, Timeout timeout = kHandshakeTimeout);
 // A connected socket to address, with no handshake (tests of raw garbage).
 Connection connect_unauthenticated(const Address& address);
 }  // namespace detail

@@ -20,7 +20,6 @@
 // put() serializes in the caller: a value that cannot serialize throws there
 // at once. Queue(maxsize) counts messages (0: no limit but the ring's bytes).
 #pragma once
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -30,6 +29,7 @@
 #include "mproc/detail/codec.hpp"
 #include "mproc/shared_memory.hpp"
 #include "mproc/synchronize.hpp"
+#include "mproc/timeout.hpp"
 
 namespace mproc {
 
@@ -81,12 +81,6 @@ class QueueCore {
   QueueState* st_ = nullptr;
   std::byte* ring_ = nullptr;
 };
-
-// Test hook: called at "put:before-commit" and "get:before-commit", with the
-// queue's lock held, and at "get:after-commit" (a large message copied out,
-// its slot still held, no lock) (fault tests stop or kill a process there).
-using QueueFaultHook = void (*)(const char* where);
-void set_queue_fault_hook(QueueFaultHook hook) noexcept;
 }  // namespace detail
 
 template <class T>

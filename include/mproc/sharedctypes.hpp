@@ -17,11 +17,13 @@
 //   Value<T>(v, mproc::no_lock)  kept for source compatibility: no lock, and
 //                                get_lock() throws ValueError at run time
 // Array / RawArray likewise. A holder that dies never wedges the lock (robust).
-// load()/store() are atomic (std::atomic_ref) when T is lock-free; else they
-// take the lock (when there is one), or skip it when the calling thread holds
-// it already (so store() under get_lock() of a plain Lock works where Python
-// would deadlock). fetch_add & co. exist where std::atomic_ref<T> has them,
-// and need no lock.
+// load()/store() are atomic (sequentially consistent, as std::atomic_ref's;
+// detail::AtomicRef) when T is lock-free; else they take the lock (when
+// there is one), or skip it when the calling thread holds it already (so
+// store() under get_lock() of a plain Lock works where Python would
+// deadlock). fetch_add & co. exist where std::atomic_ref<T> has them
+// (fetch_add/fetch_sub: integers but bool, floating point, pointers;
+// fetch_and/or/xor: integers but bool), need no lock and return a T.
 //
 // Array<char> has Python's c_char array semantics: value() is the bytes up to
 // the first NUL, set_value(s) writes s and a NUL when there is room, raw() and
@@ -32,14 +34,11 @@
 // shared_ptr). Given to a Process or a pool task, only a handle travels (the
 // block's fd, and the caller's lock's), never the data.
 #pragma once
-#include <algorithm>
-#include <atomic>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -47,6 +46,7 @@
 #include <type_traits>
 
 #include "mproc/errors.hpp"
+#include "mproc/detail/atomic_ref.hpp"
 #include "mproc/detail/codec.hpp"
 #include "mproc/shared_memory.hpp"
 #include "mproc/synchronize.hpp"
@@ -81,7 +81,7 @@ class SharedCells {
 
   SharedCells() = default;
   // with_lock: L's default (an RLock in the block, or a new Lock).
-  SharedCells(std::size_t n, bool with_lock) : mem_(kOffset + std::max<std::size_t>(1, n * sizeof(T))), n_(n) {
+  SharedCells(std::size_t n, bool with_lock) : mem_(kOffset + (n > 0 ? n * sizeof(T) : 1)), n_(n) {
     if constexpr (std::same_as<L, RLock>) {
       if (with_lock) {
         lock_.emplace(SharedMutex(mem_, 0, true, true));
@@ -120,7 +120,12 @@ class SharedCells {
   decltype(auto) guarded(Fn&& fn) const {
     if constexpr (CellLock<L>) {
       if (lock_ && !lock_->mutex().held_by_caller()) {
-        std::scoped_lock g(*lock_);
+        struct Unlock {  // std::scoped_lock without <mutex> (issue 15)
+          const L& lock;
+          ~Unlock() { lock.unlock(); }
+        };
+        lock_->lock();
+        const Unlock g{*lock_};
         return fn();
       }
     }
@@ -128,15 +133,15 @@ class SharedCells {
   }
 
   T load_at(std::size_t i) const {
-    if constexpr (std::atomic_ref<T>::is_always_lock_free) {
-      return std::atomic_ref<T>(cells_[i]).load();
+    if constexpr (atomic_always_lock_free_v<T>) {
+      return AtomicRef<T>(cells_[i]).load();
     } else {
       return guarded([&] { return cells_[i]; });
     }
   }
   void store_at(std::size_t i, const T& v) const {
-    if constexpr (std::atomic_ref<T>::is_always_lock_free) {
-      std::atomic_ref<T>(cells_[i]).store(v);
+    if constexpr (atomic_always_lock_free_v<T>) {
+      AtomicRef<T>(cells_[i]).store(v);
     } else {
       guarded([&] { cells_[i] = v; });
     }
@@ -210,16 +215,31 @@ class Value {
   // Atomic read-modify-write, where std::atomic_ref<T> offers it (no lock).
   T exchange(const T& v) const { return ar().exchange(v); }
   bool compare_exchange(T& expected, const T& desired) const { return ar().compare_exchange_strong(expected, desired); }
-  template <class U = T>
-  auto fetch_add(U d) const -> decltype(std::declval<std::atomic_ref<U>&>().fetch_add(d)) { return ar().fetch_add(d); }
-  template <class U = T>
-  auto fetch_sub(U d) const -> decltype(std::declval<std::atomic_ref<U>&>().fetch_sub(d)) { return ar().fetch_sub(d); }
-  template <class U = T>
-  auto fetch_and(U d) const -> decltype(std::declval<std::atomic_ref<U>&>().fetch_and(d)) { return ar().fetch_and(d); }
-  template <class U = T>
-  auto fetch_or(U d) const -> decltype(std::declval<std::atomic_ref<U>&>().fetch_or(d)) { return ar().fetch_or(d); }
-  template <class U = T>
-  auto fetch_xor(U d) const -> decltype(std::declval<std::atomic_ref<U>&>().fetch_xor(d)) { return ar().fetch_xor(d); }
+  T fetch_add(detail::atomic_difference_t<T> d) const
+    requires detail::atomic_addable<T>
+  {
+    return ar().fetch_add(d);
+  }
+  T fetch_sub(detail::atomic_difference_t<T> d) const
+    requires detail::atomic_addable<T>
+  {
+    return ar().fetch_sub(d);
+  }
+  T fetch_and(T d) const
+    requires detail::atomic_bitwise<T>
+  {
+    return ar().fetch_and(d);
+  }
+  T fetch_or(T d) const
+    requires detail::atomic_bitwise<T>
+  {
+    return ar().fetch_or(d);
+  }
+  T fetch_xor(T d) const
+    requires detail::atomic_bitwise<T>
+  {
+    return ar().fetch_xor(d);
+  }
 
   void save(OutputArchive& a) const { a(c_); }
   void load(InputArchive& a) {
@@ -228,9 +248,9 @@ class Value {
   }
 
  private:
-  std::atomic_ref<T> ar() const {
-    static_assert(std::atomic_ref<T>::is_always_lock_free, "mproc::Value: atomic operations need a lock-free T");
-    return std::atomic_ref<T>(*c_.cells());
+  detail::AtomicRef<T> ar() const {
+    static_assert(detail::atomic_always_lock_free_v<T>, "mproc::Value: atomic operations need a lock-free T");
+    return detail::AtomicRef<T>(*c_.cells());
   }
   detail::SharedCells<T, L> c_;
 };
@@ -244,16 +264,12 @@ class Array {
  public:
   Array() : Array(std::size_t{0}) {}
   explicit Array(std::size_t n, const T& init = T{}) : c_(n, !std::same_as<L, NoLock>) {
-    std::fill_n(c_.cells(), n, init);
+    for (std::size_t i = 0; i < n; ++i) c_.cells()[i] = init;
   }
   Array(std::size_t n, NoLock) : c_(n, false) {}
   Array(std::initializer_list<T> init) : Array(std::span<const T>(init.begin(), init.size())) {}
-  explicit Array(std::span<const T> init) : c_(init.size(), !std::same_as<L, NoLock>) {
-    std::copy(init.begin(), init.end(), c_.cells());
-  }
-  Array(std::span<const T> init, NoLock) : c_(init.size(), false) {
-    std::copy(init.begin(), init.end(), c_.cells());
-  }
+  explicit Array(std::span<const T> init) : c_(init.size(), !std::same_as<L, NoLock>) { copy_in(init); }
+  Array(std::span<const T> init, NoLock) : c_(init.size(), false) { copy_in(init); }
   // The caller's lock: get_lock() returns it; it guards load()/store() (of a
   // T that is not lock-free) and the char value()/raw().
   Array(std::size_t n, const L& lock)
@@ -262,7 +278,7 @@ class Array {
   Array(std::span<const T> init, const L& lock)
     requires detail::CellLock<L>
       : c_(init.size(), lock) {
-    std::copy(init.begin(), init.end(), c_.cells());
+    copy_in(init);
   }
   Array(std::initializer_list<T> init, const L& lock)
     requires detail::CellLock<L>
@@ -281,9 +297,10 @@ class Array {
   }
   T load(std::size_t i) const { return c_.load_at(check(i)); }
   void store(std::size_t i, const T& v) const { c_.store_at(check(i), v); }
-  template <class U = T>
-  auto fetch_add(std::size_t i, U d) const -> decltype(std::declval<std::atomic_ref<U>&>().fetch_add(d)) {
-    return std::atomic_ref<T>(c_.cells()[check(i)]).fetch_add(d);
+  T fetch_add(std::size_t i, detail::atomic_difference_t<T> d) const
+    requires detail::atomic_addable<T>
+  {
+    return detail::AtomicRef<T>(c_.cells()[check(i)]).fetch_add(d);
   }
   L& get_lock() const
     requires detail::CellLock<L>
@@ -298,8 +315,8 @@ class Array {
     requires std::same_as<T, char>
   {
     return c_.guarded([&] {
-      const char* p = c_.cells();
-      return std::string(p, static_cast<std::size_t>(std::find(p, p + size(), '\0') - p));
+      const std::string_view all(c_.cells(), size());
+      return std::string(all.substr(0, all.find('\0')));
     });
   }
   // s, then a NUL if there is room (what follows it stays), as Python's.
@@ -308,7 +325,7 @@ class Array {
   {
     check_fits(s, "set_value");
     c_.guarded([&] {
-      std::copy(s.begin(), s.end(), c_.cells());
+      if (!s.empty()) std::memcpy(c_.cells(), s.data(), s.size());
       if (s.size() < size()) c_.cells()[s.size()] = '\0';
     });
   }
@@ -323,13 +340,18 @@ class Array {
     requires std::same_as<T, char>
   {
     check_fits(s, "set_raw");
-    c_.guarded([&] { std::copy(s.begin(), s.end(), c_.cells()); });
+    c_.guarded([&] {
+      if (!s.empty()) std::memcpy(c_.cells(), s.data(), s.size());
+    });
   }
 
   void save(OutputArchive& a) const { a(c_); }
   void load(InputArchive& a) { a(c_); }
 
  private:
+  void copy_in(std::span<const T> init) const {
+    if (!init.empty()) std::memcpy(static_cast<void*>(c_.cells()), init.data(), init.size_bytes());
+  }
   std::size_t check(std::size_t i) const {
     if (i >= size()) throw IndexError("mproc::Array index " + std::to_string(i) + " >= " + std::to_string(size()));
     return i;

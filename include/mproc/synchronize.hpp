@@ -19,7 +19,6 @@
 // Everything satisfies Lockable / TimedLockable where it makes sense, for
 // std::scoped_lock and std::unique_lock.
 #pragma once
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -29,6 +28,7 @@
 #include "mproc/process.hpp"  // mproc::Timeout
 #include "mproc/detail/codec.hpp"
 #include "mproc/shared_memory.hpp"
+#include "mproc/timeout.hpp"
 
 namespace mproc {
 
@@ -64,10 +64,21 @@ class SharedMutex {
   MutexState* st_ = nullptr;
 };
 
-template <class Clock, class Dur>
-Timeout until(const std::chrono::time_point<Clock, Dur>& t) {
-  auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(t - Clock::now());
-  return left.count() > 0 ? left : std::chrono::nanoseconds{0};
+// A std::chrono::time_point, or anything shaped like one: its clock tells
+// the time, and the difference of two is duration_like. (The caller who
+// passes one has `<chrono>`; this header leaves it out, issue 15.)
+template <class T>
+concept time_point_like = requires(const T& t) {
+  typename T::clock;
+  typename T::duration;
+  { t - T::clock::now() } -> duration_like;
+};
+
+// The time left until t (zero once it has passed), measured on t's clock.
+template <time_point_like T>
+Timeout until(const T& t) {
+  const std::int64_t left = to_nanoseconds(t - T::clock::now());
+  return Timeout::from_nanoseconds(left > 0 ? left : 0);
 }
 
 // What Lock and RLock share.
@@ -75,18 +86,18 @@ class LockBase {
  public:
   // Python's acquire(block, timeout): false when not acquired.
   bool acquire(bool block = true, Timeout timeout = std::nullopt) const {
-    return m_.acquire(block ? timeout : Timeout(std::chrono::nanoseconds{0}));
+    return m_.acquire(block ? timeout : Timeout::from_nanoseconds(0));
   }
   void release() const { m_.release(); }
   void lock() const { m_.acquire(std::nullopt); }
-  bool try_lock() const { return m_.acquire(std::chrono::nanoseconds{0}); }
+  bool try_lock() const { return m_.acquire(Timeout::from_nanoseconds(0)); }
   void unlock() const { m_.release(); }
-  template <class Rep, class Period>
-  bool try_lock_for(const std::chrono::duration<Rep, Period>& d) const {
-    return m_.acquire(std::chrono::duration_cast<std::chrono::nanoseconds>(d));
+  template <duration_like D>
+  bool try_lock_for(const D& d) const {
+    return m_.acquire(Timeout(d));
   }
-  template <class Clock, class Dur>
-  bool try_lock_until(const std::chrono::time_point<Clock, Dur>& t) const {
+  template <time_point_like T>
+  bool try_lock_until(const T& t) const {
     return m_.acquire(until(t));
   }
   // True when the caller holds the lock and took it over from a holder that
@@ -131,12 +142,12 @@ class Semaphore {
   void lock() const { acquire(); }
   bool try_lock() const { return acquire(false); }
   void unlock() const { release(); }
-  template <class Rep, class Period>
-  bool try_lock_for(const std::chrono::duration<Rep, Period>& d) const {
-    return acquire(true, std::chrono::duration_cast<std::chrono::nanoseconds>(d));
+  template <detail::duration_like D>
+  bool try_lock_for(const D& d) const {
+    return acquire(true, Timeout(d));
   }
-  template <class Clock, class Dur>
-  bool try_lock_until(const std::chrono::time_point<Clock, Dur>& t) const {
+  template <detail::time_point_like T>
+  bool try_lock_until(const T& t) const {
     return acquire(true, detail::until(t));
   }
   void save(OutputArchive& ar) const { ar(mem_); }

@@ -13,7 +13,7 @@
 #include <cstring>
 #include <string>
 
-#include "mproc/process.hpp"
+#include "base/log_identity.hpp"
 
 namespace mproc {
 
@@ -21,6 +21,10 @@ namespace {
 constinit std::atomic<int> g_level{static_cast<int>(LogLevel::off)};
 constinit std::atomic<int> g_fd{2};
 constinit Logger g_logger{};
+// The process name of the lines (log_identity.hpp). Written only by
+// set_identity, before the process runs user code: fixed storage, so log()
+// neither allocates nor locks for it.
+constinit char g_name[128] = "MainProcess";
 
 const char* level_name(LogLevel l) {
   switch (l) {
@@ -72,11 +76,7 @@ void Logger::log(LogLevel level, std::string_view message) const noexcept {
   put("[");
   put(level_name(level));
   put("/");
-  try {
-    put(current_process().name);
-  } catch (...) {
-    put("?");
-  }
+  put(g_name);
   put(" ");
   put(std::to_string(::getpid()));
   put("] ");
@@ -84,6 +84,12 @@ void Logger::log(LogLevel level, std::string_view message) const noexcept {
   line[n++] = '\n';
   (void)!::write(g_fd.load(std::memory_order_relaxed), line, n);
   errno = saved_errno;
+}
+
+void detail::set_log_process_name(std::string_view name) noexcept {
+  const std::size_t n = std::min(name.size(), sizeof g_name - 1);
+  std::memcpy(g_name, name.data(), n);
+  g_name[n] = '\0';
 }
 
 Logger& get_logger() noexcept { return g_logger; }

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "ipc/bulk_payload.hpp"
+#include "mproc/detail/deadline.hpp"
 #include "sys/fd.hpp"
 
 namespace mproc {
@@ -150,7 +151,7 @@ void Connection::close() noexcept {
 }
 
 detail::BulkState& Connection::bulk() {
-  if (!bulk_) bulk_ = std::make_unique<detail::BulkState>();
+  if (!bulk_) bulk_ = detail::Owned<detail::BulkState>(new detail::BulkState());
   return *bulk_;
 }
 
@@ -552,12 +553,12 @@ bool Connection::poll(Timeout timeout) const {
   return sys::wait_readable(fd_, timeout);
 }
 
-bool Connection::poll_spinning(std::chrono::microseconds spin) const {
-  const auto until = std::chrono::steady_clock::now() + spin;
+bool Connection::poll_spinning_ns(std::int64_t spin_ns) const {
+  const detail::Deadline until = detail::deadline_after(Timeout::from_nanoseconds(spin_ns));
   do {
     if (poll()) return true;
     ::sched_yield();  // on a busy or single CPU, the peer runs now
-  } while (std::chrono::steady_clock::now() < until);
+  } while (!until.passed());
   return false;
 }
 
@@ -589,7 +590,7 @@ std::vector<std::size_t> wait(std::span<const Waitable> objects, Timeout timeout
   std::unique_ptr<bool[]> ready(new bool[objects.size()]());
   if (!objects.empty() || timeout)
     sys::poll_readable(fds, std::span<bool>(ready.get(), objects.size()),
-                       any_now ? Timeout(std::chrono::nanoseconds{0}) : timeout);
+                       any_now ? Timeout::from_nanoseconds(0) : timeout);
   std::vector<std::size_t> out;
   for (std::size_t i = 0; i < objects.size(); ++i)
     if (ready[i] || objects[i].ready_now) out.push_back(i);

@@ -2,11 +2,11 @@
 // that tracks its handshakes by fd (manager_server.cpp). Defined in
 // listener.cpp, beside the other halves.
 #pragma once
-#include <chrono>
 #include <functional>
 #include <string_view>
 
 #include "mproc/connection.hpp"
+#include "mproc/timeout.hpp"
 
 namespace mproc::detail {
 
@@ -15,7 +15,7 @@ namespace mproc::detail {
 // itself connected and may send requests): false refuses the client
 // (AuthenticationError). On any failure `c` is left open: the caller closes
 // it once its fd number may be reused.
-void authenticate_server_then(Connection& c, std::string_view authkey, std::chrono::nanoseconds timeout,
+void authenticate_server_then(Connection& c, std::string_view authkey, Timeout timeout,
                               const std::function<bool()>& proven);
 
 }  // namespace mproc::detail

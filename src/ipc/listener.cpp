@@ -30,6 +30,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "mproc/detail/deadline.hpp"
 #include "sys/fd.hpp"
 
 namespace mproc {
@@ -100,7 +101,7 @@ static_assert(kChallengeTag.size() == 16);
 
 std::span<const std::byte> as_span(std::string_view s) { return std::as_bytes(std::span(s.data(), s.size())); }
 
-Bytes recv_handshake(Connection& c, std::chrono::nanoseconds timeout, const char* what) {
+Bytes recv_handshake(Connection& c, Timeout timeout, const char* what) {
   if (!c.poll(timeout)) throw AuthenticationError(fmt::format("authentication: no {} within the handshake timeout", what));
   try {
     return c.recv_bytes(kMaxHandshakeFrame);
@@ -165,7 +166,7 @@ void check_answer(Connection& c, std::string_view key, const Bytes& msg, const B
   c.send_bytes(as_span(kWelcome));
 }
 
-void deliver_challenge(Connection& c, std::string_view key, std::chrono::nanoseconds timeout) {
+void deliver_challenge(Connection& c, std::string_view key, Timeout timeout) {
   const Bytes msg = send_challenge(c);
   check_answer(c, key, msg, recv_handshake(c, timeout, "challenge answer"));
 }
@@ -187,7 +188,7 @@ bool handshake_frame_ready(int fd) {
 }
 
 // The answering side: answers a challenge, reads the verdict.
-void answer_challenge(Connection& c, std::string_view key, std::chrono::nanoseconds timeout) {
+void answer_challenge(Connection& c, std::string_view key, Timeout timeout) {
   Bytes msg = recv_handshake(c, timeout, "challenge");
   if (msg.size() != kChallengeTag.size() + kChallengeSize ||
       std::memcmp(msg.data(), kChallengeTag.data(), kChallengeTag.size()) != 0)
@@ -377,7 +378,7 @@ Connection Listener::accept_unauthenticated() {
 struct Listener::PendingHandshake {
   Connection conn;
   Bytes challenge;
-  std::chrono::steady_clock::time_point deadline;
+  detail::Deadline deadline;
 };
 
 // Waits for the listening socket and every pending handshake at once: a
@@ -389,15 +390,15 @@ struct Listener::PendingHandshake {
 // throw AuthenticationError, as before.
 Connection Listener::accept() {
   if (fd_ < 0) throw Error("Listener::accept: listener is closed");
-  using Clock = std::chrono::steady_clock;
   for (;;) {
-    const auto now = Clock::now();
-    std::erase_if(pending_, [&](const auto& p) { return p->deadline <= now; });  // silent: dropped
+    const std::int64_t now = detail::monotonic_ns();
+    std::erase_if(pending_, [&](const auto& p) { return p->deadline.ns() <= now; });  // silent: dropped
     std::vector<pollfd> fds{{fd_, POLLIN, 0}};
     int wait_ms = -1;
     for (const auto& p : pending_) {
       fds.push_back({p->conn.fileno(), POLLIN, 0});
-      const auto left = std::chrono::ceil<std::chrono::milliseconds>(p->deadline - now).count();
+      const std::int64_t left_ns = p->deadline.ns() - now;  // > 0: expired ones were dropped
+      const std::int64_t left = (left_ns + 999'999) / 1'000'000;  // ms, rounded up
       if (wait_ms < 0 || left < wait_ms) wait_ms = static_cast<int>(left);
     }
     if (::poll(fds.data(), fds.size(), wait_ms) < 0) {
@@ -408,7 +409,7 @@ Connection Listener::accept() {
       if (!fds[i].revents || !handshake_frame_ready(fds[i].fd)) continue;
       auto it = std::find_if(pending_.begin(), pending_.end(),
                              [&](const auto& p) { return p->conn.fileno() == fds[i].fd; });
-      std::unique_ptr<PendingHandshake> p = std::move(*it);
+      detail::Owned<PendingHandshake> p = std::move(*it);
       pending_.erase(it);
       Bytes peek(1);
       if (::recv(fds[i].fd, peek.data(), 1, MSG_PEEK | MSG_DONTWAIT) <= 0) continue;  // hung up: dropped
@@ -424,8 +425,9 @@ Connection Listener::accept() {
     if (c.closed()) continue;  // refused: another user's process
     Bytes challenge = send_challenge(c);  // ConnectionClosed when it left already, as before
     if (pending_.size() >= kMaxPendingHandshakes) pending_.erase(pending_.begin());  // the oldest
-    pending_.push_back(std::make_unique<PendingHandshake>(
-        PendingHandshake{std::move(c), std::move(challenge), Clock::now() + kHandshakeDeadline}));
+    detail::Owned<PendingHandshake> p(
+        new PendingHandshake{std::move(c), std::move(challenge), detail::deadline_after(kHandshakeDeadline)});
+    pending_.push_back(std::move(p));
   }
 }
 
@@ -455,21 +457,21 @@ Connection Client(const Address& address, const std::string& authkey) {
   return c;
 }
 
-void detail::authenticate_server(Connection& c, std::string_view authkey, std::chrono::nanoseconds timeout) {
+void detail::authenticate_server(Connection& c, std::string_view authkey, Timeout timeout) {
   guarded_handshake(c, [&] {
     deliver_challenge(c, authkey, timeout);
     answer_challenge(c, authkey, timeout);
   });
 }
 
-void detail::authenticate_server_then(Connection& c, std::string_view authkey, std::chrono::nanoseconds timeout,
+void detail::authenticate_server_then(Connection& c, std::string_view authkey, Timeout timeout,
                                       const std::function<bool()>& proven) {
   deliver_challenge(c, authkey, timeout);
   if (!proven()) throw AuthenticationError("the server refused this client after its handshake");
   answer_challenge(c, authkey, timeout);
 }
 
-void detail::authenticate_client(Connection& c, std::string_view authkey, std::chrono::nanoseconds timeout) {
+void detail::authenticate_client(Connection& c, std::string_view authkey, Timeout timeout) {
   guarded_handshake(c, [&] {
     answer_challenge(c, authkey, timeout);
     deliver_challenge(c, authkey, timeout);

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <new>
 
+#include "base/log_identity.hpp"
 #include "process/launch.hpp"
 #include "mproc/context.hpp"
 #include "process/runtime.hpp"
@@ -137,6 +138,7 @@ void set_identity(const ProcessInfo& self, std::optional<ProcessInfo> parent) {
   ::prctl(PR_SET_NAME, self.name.substr(0, 15).c_str());
   g_self = self;
   g_parent = std::move(parent);
+  set_log_process_name(self.name);
 }
 
 }  // namespace detail

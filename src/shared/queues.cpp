@@ -14,6 +14,7 @@
 #include <cstring>
 #include <system_error>
 
+#include "shared/queue_fault_hook.hpp"
 #include "sys/fd.hpp"
 #include "sys/futex.hpp"
 

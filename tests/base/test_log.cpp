@@ -20,6 +20,7 @@
 
 #include "mproc/executor.hpp"
 #include "mproc/log.hpp"
+#include "mproc/process.hpp"
 #include "support.hpp"
 
 using namespace std::chrono_literals;
@@ -90,12 +91,46 @@ TaskIds run_three_tasks(mproc::PoolOptions options) {
   return ids;
 }
 
+// A child process logs one line to the file at `path` (its own descriptor:
+// the parent's does not reach a spawned or forkserver child).
+void log_from_child(std::string path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) ::_exit(3);
+  mproc::Logger& log = mproc::log_to_stderr(mproc::LogLevel::info);
+  log.set_fd(fd);
+  log.info("from the child");
+  log.set_level(mproc::LogLevel::off);
+  log.set_fd(2);
+  ::close(fd);
+}
+
 TEST(Log, ParsesLevelsAsPythonNamesThem) {
   EXPECT_EQ(mproc::parse_log_level("DEBUG"), mproc::LogLevel::debug);
   EXPECT_EQ(mproc::parse_log_level("info"), mproc::LogLevel::info);
   EXPECT_EQ(mproc::parse_log_level("Warning"), mproc::LogLevel::warning);
   EXPECT_EQ(mproc::parse_log_level("error"), mproc::LogLevel::error);
   EXPECT_EQ(mproc::parse_log_level("nonsense"), mproc::LogLevel::off);
+}
+
+// A child's lines carry the child's name, not "MainProcess": the process
+// layer hands the name to the logger (base may not ask it), under every
+// start method.
+TEST(Log, ChildLinesCarryTheChildsName) {
+  for (const mproc::StartMethod m : {mproc::StartMethod::fork, mproc::StartMethod::spawn,
+                                     mproc::StartMethod::forkserver}) {
+    const std::string path = temp_path("child");
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0);
+    ::close(fd);
+    mproc::Process p(mproc::ProcessOptions{.name = "LogChild", .start_method = m}, log_from_child, path);
+    p.start();
+    p.join();
+    EXPECT_EQ(p.exitcode(), 0);
+    const std::string text = read_file(path);
+    std::remove(path.c_str());
+    EXPECT_EQ(text, "[INFO/LogChild " + std::to_string(p.pid()) + "] from the child\n")
+        << "start method " << static_cast<int>(m);
+  }
 }
 
 // Mirrors CPython's test_log_to_stderr/_TestLogging.test_level: what is

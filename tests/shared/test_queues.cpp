@@ -19,6 +19,7 @@
 #include "mproc/queues.hpp"
 #include "mproc/sharedctypes.hpp"
 #include "mproc/synchronize.hpp"
+#include "shared/queue_fault_hook.hpp"
 #include "shared_test_util.hpp"
 #include "support.hpp"
 

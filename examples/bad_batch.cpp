@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
       ++crashed;
     } catch (const mproc::TaskTimeout& e) {
       std::printf("TaskTimeout: still running after %.1f s, worker %d killed\n",
-                  std::chrono::duration<double>(e.limit()).count(), static_cast<int>(e.pid()));
+                  static_cast<double>(e.limit().count()) / 1e9, static_cast<int>(e.pid()));
       ++timed_out;
     } catch (const std::exception& e) {
       std::printf("unexpected error: %s\n", e.what());

@@ -6,12 +6,8 @@
 //   auto f = ex.submit(largest_prime_factor, 100913100913ULL);
 //   f.get();
 #pragma once
-#include <algorithm>
-#include <chrono>
 #include <cstddef>
-#include <iterator>
 #include <optional>
-#include <ranges>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -37,7 +33,7 @@ struct PoolOptions {
   unsigned max_tasks_per_child = 0;      // recycle a worker after this many tasks
   std::size_t max_memory_per_child = 0;  // recycle a worker whose RSS passed this (bytes)
   std::optional<detail::Call> initializer = {};
-  std::optional<std::chrono::nanoseconds> task_timeout = {};  // per task; submit can override
+  Timeout task_timeout = {};  // per task (`5s`); submit can override
   std::optional<StartMethod> start_method = {};          // Python's mp_context
   std::size_t max_result_bytes = 0;  // a larger result fails its task (ResultTooLarge); 0: 1 GiB
   // A task timeline (Chrome trace JSON, for ui.perfetto.dev or chrome://tracing):
@@ -48,7 +44,7 @@ struct PoolOptions {
 };
 
 struct SubmitOptions {
-  std::optional<std::chrono::nanoseconds> timeout = {};  // overrides PoolOptions::task_timeout
+  Timeout timeout = {};  // overrides PoolOptions::task_timeout
 };
 
 namespace detail {
@@ -67,6 +63,23 @@ inline EngineOptions engine_options(const PoolOptions& o, const char* name) {
   e.name = name;
   return e;
 }
+
+// One chunk's results handed out in order, one at a time (MapResults, IMap).
+template <class R>
+class ChunkCursor {
+ public:
+  bool empty() const noexcept { return pos_ == part_.size(); }
+  void load(std::vector<R> part) noexcept {
+    part_ = std::move(part);
+    pos_ = 0;
+  }
+  R take() { return std::move(part_[pos_++]); }
+  void clear() noexcept { load({}); }
+
+ private:
+  std::vector<R> part_;
+  std::size_t pos_ = 0;
+};
 
 template <class R>
 std::vector<R> concat_chunks(std::vector<Future<std::vector<R>>>& chunks, Deadline deadline) {
@@ -132,8 +145,8 @@ template <class Range>
 std::size_t default_chunksize(const Range& items, unsigned workers) {
   if constexpr (std::ranges::sized_range<Range>) {
     auto n = static_cast<std::size_t>(std::ranges::size(items));
-    std::size_t d = 4u * std::max(1u, workers);
-    return std::max<std::size_t>(1, (n + d - 1) / d);
+    const std::size_t d = 4u * (workers > 0 ? workers : 1u);
+    return n > d ? (n + d - 1) / d : 1;
   } else {
     return 1;
   }
@@ -162,21 +175,19 @@ class MapResults {
 
   // The next result, or nullopt at the end.
   std::optional<R> next() {
-    while (pos_ == part_.size()) {
+    while (part_.empty()) {
       if (next_chunk_ == chunks_.size()) return std::nullopt;
       try {
-        part_ = chunks_[next_chunk_].result(left());
+        part_.load(chunks_[next_chunk_].result(left()));
       } catch (...) {
         cancel_from(next_chunk_);
         next_chunk_ = chunks_.size();
         part_.clear();
-        pos_ = 0;
         throw;
       }
       ++next_chunk_;
-      pos_ = 0;
     }
-    return std::move(part_[pos_++]);
+    return part_.take();
   }
   // The rest, as ProcessPoolExecutor::map returns them.
   std::vector<R> collect() {
@@ -216,8 +227,7 @@ class MapResults {
   std::vector<Future<std::vector<R>>> chunks_;
   detail::Deadline deadline_;
   std::size_t next_chunk_ = 0;
-  std::vector<R> part_;  // the chunk being handed out
-  std::size_t pos_ = 0;
+  detail::ChunkCursor<R> part_;  // the chunk being handed out
 };
 
 class ProcessPoolExecutor {

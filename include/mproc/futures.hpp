@@ -4,16 +4,12 @@
 #pragma once
 #include <sys/types.h>
 
-#include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <exception>
-#include <functional>
-#include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <unordered_set>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "mproc/detail/future_core.hpp"
@@ -68,15 +64,17 @@ class ResultTooLarge : public Error {
 // A task ran past its deadline; its worker was killed and replaced.
 class TaskTimeout : public Error {
  public:
-  TaskTimeout(std::uint64_t task, pid_t pid, std::chrono::nanoseconds limit);
+  TaskTimeout(std::uint64_t task, pid_t pid, Timeout limit);
   std::uint64_t task() const noexcept { return task_; }
   pid_t pid() const noexcept { return pid_; }
-  std::chrono::nanoseconds limit() const noexcept { return limit_; }
+  // The deadline it ran past: `limit().count()` nanoseconds; compares equal
+  // to a duration (`e.limit() == 2s`).
+  Timeout limit() const noexcept { return limit_; }
 
  private:
   std::uint64_t task_;
   pid_t pid_;
-  std::chrono::nanoseconds limit_;
+  Timeout limit_;
 };
 
 // get() on a cancelled future.
@@ -98,21 +96,12 @@ class AnyFuture;
 namespace detail {
 // How the library's templates (wait, as_completed, Pool) reach a Future's
 // type-erased core; not for users.
-struct FutureAccess {
-  template <class R>
-  static const FutureCore& core(const Future<R>& f) noexcept {
-    return f.core_;
-  }
-  static const FutureCore& core(const AnyFuture& f) noexcept;
-};
-}  // namespace detail
+struct FutureAccess;
 
-template <class R>
-class Future {
+// What Future<R> and AnyFuture share: everything but the value, over one
+// FutureCore. Thread-safety: any member from any thread.
+class FutureBase {
  public:
-  Future() = default;
-  explicit Future(detail::FutureCore core) noexcept : core_(std::move(core)) {}
-
   bool valid() const noexcept { return core_.valid(); }
   std::uint64_t id() const { return core_.id(); }
   bool done() const { return core_.done(); }
@@ -122,10 +111,36 @@ class Future {
   bool cancel() { return core_.cancel(); }
 
   void wait() const { core_.wait(); }
-  template <class Rep, class Period>
-  bool wait_for(std::chrono::duration<Rep, Period> d) const {
-    return core_.wait_until(detail::deadline_after(Timeout(d)));
+  // True once done; false when d passed first. Any std::chrono::duration.
+  template <duration_like D>
+  bool wait_for(const D& d) const {
+    return core_.wait_until(deadline_after(Timeout(d)));
   }
+  // The task's error (null when it succeeded); TimeoutError if not done in time.
+  std::exception_ptr exception(Timeout timeout = std::nullopt) const {
+    return core_.exception(deadline_after(timeout));
+  }
+
+ protected:
+  FutureBase() = default;
+  explicit FutureBase(FutureCore core) noexcept : core_(std::move(core)) {}
+
+  FutureCore core_;
+
+ private:
+  friend struct FutureAccess;
+};
+
+struct FutureAccess {
+  static const FutureCore& core(const FutureBase& f) noexcept { return f.core_; }
+};
+}  // namespace detail
+
+template <class R>
+class Future : public detail::FutureBase {
+ public:
+  Future() = default;
+  explicit Future(detail::FutureCore core) noexcept : FutureBase(std::move(core)) {}
 
   // The value; rethrows the task's error (RemoteError, WorkerCrashed,
   // TaskTimeout, CancelledError, BrokenPool).
@@ -135,22 +150,15 @@ class Future {
     if (auto e = exception(timeout)) std::rethrow_exception(e);
     if constexpr (!std::is_void_v<R>) return from_bytes<R>(core_.result_bytes());
   }
-  // The task's error (null when it succeeded); TimeoutError if not done in time.
-  std::exception_ptr exception(Timeout timeout = std::nullopt) const {
-    return core_.exception(detail::deadline_after(timeout));
-  }
   // Called with this future once it is done (at once if it already is), in
-  // the thread that completed it.
-  void add_done_callback(std::function<void(Future<R>)> fn) {
-    Future<R> self = *this;
-    core_.add_callback([self, fn = std::move(fn)] { fn(self); });
+  // the thread that completed it. fn: any callable taking a Future<R>.
+  template <class Fn>
+    requires std::is_invocable_v<std::decay_t<Fn>&, Future<R>>
+  void add_done_callback(Fn&& fn) {
+    core_.add_callback([self = *this, fn = std::decay_t<Fn>(std::forward<Fn>(fn))]() mutable { fn(self); });
   }
   // Copies of one future compare equal (as_completed hands back copies).
   friend bool operator==(const Future& a, const Future& b) noexcept { return a.core_ == b.core_; }
-
- private:
-  friend struct detail::FutureAccess;
-  detail::FutureCore core_;
 };
 
 // A future of any result type, for waiting on futures of different result
@@ -158,39 +166,18 @@ class Future {
 // Future<int> and a Future<std::string>. Everything but the value; take the
 // value from the typed Future it was made from (they compare equal).
 // Thread-safety: as Future, any member from any thread.
-class AnyFuture {
+class AnyFuture : public detail::FutureBase {
  public:
   AnyFuture() = default;
   template <class R>
-  AnyFuture(const Future<R>& f) noexcept : core_(detail::FutureAccess::core(f)) {}  // NOLINT: implicit by design
+  AnyFuture(const Future<R>& f) noexcept : FutureBase(detail::FutureAccess::core(f)) {}  // NOLINT: implicit by design
 
-  bool valid() const noexcept { return core_.valid(); }
-  std::uint64_t id() const { return core_.id(); }
-  bool done() const { return core_.done(); }
-  bool running() const { return core_.running(); }
-  bool cancelled() const { return core_.cancelled(); }
-  bool cancel() { return core_.cancel(); }
-  void wait() const { core_.wait(); }
-  template <class Rep, class Period>
-  bool wait_for(std::chrono::duration<Rep, Period> d) const {
-    return core_.wait_until(detail::deadline_after(Timeout(d)));
-  }
-  // The task's error (null when it succeeded); TimeoutError if not done in time.
-  std::exception_ptr exception(Timeout timeout = std::nullopt) const {
-    return core_.exception(detail::deadline_after(timeout));
-  }
   friend bool operator==(const AnyFuture& a, const AnyFuture& b) noexcept { return a.core_ == b.core_; }
   template <class R>
   friend bool operator==(const AnyFuture& a, const Future<R>& b) noexcept {
     return a.core_ == detail::FutureAccess::core(b);
   }
-
- private:
-  friend struct detail::FutureAccess;
-  detail::FutureCore core_;
 };
-
-inline const detail::FutureCore& detail::FutureAccess::core(const AnyFuture& f) noexcept { return f.core_; }
 
 enum class ReturnWhen { FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED };
 inline constexpr ReturnWhen FIRST_COMPLETED = ReturnWhen::FIRST_COMPLETED;
@@ -206,40 +193,29 @@ template <class R>
 using WaitResult = WaitSets<Future<R>>;
 
 namespace detail {
-// Collects completions of a set of tasks (callbacks push their index).
-class CompletionQueue {
- public:
-  void push(std::size_t index);
-  // The next completed index, or nullopt at the deadline.
-  std::optional<std::size_t> pop(Deadline deadline);
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::size_t> ready_;
-};
-
 // Python's wait() and as_completed() take a set: a future given twice counts once.
 template <class F>
 std::vector<F> unique_futures(std::vector<F> futures) {
-  std::unordered_set<const void*> seen;
-  seen.reserve(futures.size());
+  std::vector<const void*> ids;
+  ids.reserve(futures.size());
+  for (const auto& f : futures) ids.push_back(FutureAccess::core(f).identity());
+  const std::vector<std::size_t> keep = first_occurrences(ids);
+  if (keep.size() == futures.size()) return futures;
   std::vector<F> out;
-  out.reserve(futures.size());
-  for (auto& f : futures)
-    if (seen.insert(FutureAccess::core(f).identity()).second) out.push_back(std::move(f));
+  out.reserve(keep.size());
+  for (std::size_t i : keep) out.push_back(std::move(futures[i]));
   return out;
 }
 
 template <class F>
 WaitSets<F> wait_for_set(const std::vector<F>& given, ReturnWhen when, Timeout timeout) {
   const std::vector<F> futures = unique_futures(given);
-  auto q = std::make_shared<CompletionQueue>();
-  for (std::size_t i = 0; i < futures.size(); ++i) FutureAccess::core(futures[i]).add_callback([q, i] { q->push(i); });
+  const CompletionQueue q;
+  for (std::size_t i = 0; i < futures.size(); ++i) q.push_when_done(FutureAccess::core(futures[i]), i);
   const auto deadline = deadline_after(timeout);
   std::size_t count = 0;
   while (count < futures.size()) {
-    auto i = q->pop(deadline);
+    auto i = q.pop(deadline);
     if (!i) break;
     ++count;
     if (when == FIRST_COMPLETED) break;
@@ -269,14 +245,13 @@ template <class F>
 class AsCompletedSet {
  public:
   AsCompletedSet(std::vector<F> futures, Timeout timeout)
-      : futures_(detail::unique_futures(std::move(futures))), q_(std::make_shared<detail::CompletionQueue>()),
-        deadline_(detail::deadline_after(timeout)) {
-    for (std::size_t i = 0; i < futures_.size(); ++i) detail::FutureAccess::core(futures_[i]).add_callback([q = q_, i] { q->push(i); });
+      : futures_(detail::unique_futures(std::move(futures))), deadline_(detail::deadline_after(timeout)) {
+    for (std::size_t i = 0; i < futures_.size(); ++i) q_.push_when_done(detail::FutureAccess::core(futures_[i]), i);
   }
   // The next finished future, or nullopt when all have been returned.
   std::optional<F> next() {
     if (returned_ == futures_.size()) return std::nullopt;
-    auto i = q_->pop(deadline_);
+    auto i = q_.pop(deadline_);
     if (!i) throw TimeoutError("as_completed: " + std::to_string(futures_.size() - returned_) + " of " +
                                std::to_string(futures_.size()) + " futures unfinished at the timeout");
     ++returned_;
@@ -304,7 +279,7 @@ class AsCompletedSet {
 
  private:
   std::vector<F> futures_;
-  std::shared_ptr<detail::CompletionQueue> q_;
+  detail::CompletionQueue q_;
   detail::Deadline deadline_;
   std::size_t returned_ = 0;
 };

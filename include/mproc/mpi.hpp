@@ -14,14 +14,9 @@
 // kills its rank aborts the MPI job (MPI's model; use a ProcessPoolExecutor
 // inside the task for isolation); no per-task timeouts or recycling.
 #pragma once
-#include <algorithm>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <iterator>
-#include <memory>
 #include <optional>
-#include <ranges>
 #include <string>
 #include <type_traits>
 #include <typeinfo>
@@ -47,8 +42,9 @@ struct PoolOptions {
   // Tasks sent ahead to each worker; 0: adaptive (2, or 32 while its tasks
   // take under 100 µs each).
   unsigned max_inflight = 0;
-  // Answer time for the build-id handshake at construction.
-  std::chrono::milliseconds handshake_timeout = std::chrono::seconds(60);
+  // Answer time for the build-id handshake at construction (`30s`; empty:
+  // forever).
+  Timeout handshake_timeout = Timeout::from_nanoseconds(60'000'000'000);
 };
 
 // Traffic counters of an executor (rank 0 side), for tests and tuning.
@@ -84,11 +80,11 @@ namespace detail {
 using mproc::detail::Call;
 
 // The per-process table of shared values (workers: received; rank 0: shared).
-std::shared_ptr<const void> shared_lookup(std::uint64_t id, const std::type_info& type,
-                                          std::shared_ptr<const void> (*decode)(const Bytes&));
+using mproc::detail::SharedValue;
+SharedValue shared_lookup(std::uint64_t id, const std::type_info& type, SharedValue (*decode)(const Bytes&));
 template <class T>
-std::shared_ptr<const void> decode_shared(const Bytes& bytes) {
-  return std::make_shared<const T>(from_bytes<T>(bytes));
+SharedValue decode_shared(const Bytes& bytes) {
+  return SharedValue::make<T>(from_bytes<T>(bytes));
 }
 
 class Engine;  // src/mpi/internal.hpp
@@ -104,7 +100,7 @@ class ExecutorCore {
 
   mproc::detail::FutureCore submit(Call call);
   std::vector<mproc::detail::FutureCore> submit_many(std::vector<Call> calls);
-  std::uint64_t share(Bytes bytes, std::shared_ptr<const void> local, const std::type_info& type);
+  std::uint64_t share(Bytes bytes, SharedValue local, const std::type_info& type);
   void release(std::uint64_t id);
   void shutdown(bool wait, bool cancel_pending);
 
@@ -114,7 +110,7 @@ class ExecutorCore {
   Stats stats() const;
 
  private:
-  std::unique_ptr<Engine> engine_;
+  mproc::detail::Owned<Engine> engine_;
 };
 }  // namespace detail
 
@@ -125,16 +121,17 @@ template <class T>
 class Shared {
  public:
   Shared() = default;
-  Shared(std::uint64_t id, std::shared_ptr<const T> value) : id_(id), value_(std::move(value)) {}
+  // value: made from a T (SharedValue::make<T>).
+  Shared(std::uint64_t id, detail::SharedValue value) : id_(id), value_(std::move(value)) {}
 
   const T& get() const {
     if (!value_) throw Error("mproc::mpi::Shared: empty handle");
-    return *value_;
+    return *value_.template get<T>();
   }
   const T& operator*() const { return get(); }
   const T* operator->() const { return &get(); }
   std::uint64_t id() const noexcept { return id_; }
-  explicit operator bool() const noexcept { return value_ != nullptr; }
+  explicit operator bool() const noexcept { return static_cast<bool>(value_); }
 
   template <class Ar>
   void save(Ar& ar) const {
@@ -143,12 +140,12 @@ class Shared {
   template <class Ar>
   void load(Ar& ar) {
     ar(id_);
-    value_ = std::static_pointer_cast<const T>(detail::shared_lookup(id_, typeid(T), &detail::decode_shared<T>));
+    value_ = detail::shared_lookup(id_, typeid(T), &detail::decode_shared<T>);
   }
 
  private:
   std::uint64_t id_ = 0;
-  std::shared_ptr<const T> value_;
+  detail::SharedValue value_;  // a T
 };
 
 class PoolExecutor {
@@ -186,7 +183,7 @@ class PoolExecutor {
   Shared<T> share(T value) {
     static_assert(is_sendable_v<T>, "mproc::mpi::share: the value must be serializable and default-constructible");
     Bytes bytes = to_bytes(value);
-    auto local = std::make_shared<const T>(std::move(value));
+    auto local = detail::SharedValue::make<T>(std::move(value));
     auto id = engine_.share(std::move(bytes), local, typeid(T));
     return Shared<T>(id, std::move(local));
   }

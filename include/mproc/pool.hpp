@@ -5,115 +5,95 @@
 //   mproc::Pool pool(4);
 //   std::vector<int> squares = pool.map(square, std::views::iota(0, 100));
 #pragma once
-#include <atomic>
-#include <deque>
+#include <cstddef>
 #include <exception>
-#include <functional>
-#include <memory>
-#include <ranges>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "mproc/executor.hpp"
 
 namespace mproc {
 
 namespace detail {
-// AsyncResult's value callback: void(const R&), or void() for a void task.
-template <class R>
-struct ValueCallback {
-  using type = std::function<void(const R&)>;
+// AsyncResult's type-erased side (src/pool/async_result.cpp): its parts and
+// the callbacks waiting for all of them. A handle: copies share one state.
+//
+//   parts pending ──(each part settles: left - 1)──▶ left == 0: ready,
+//   on_ready callbacks run once, in the thread that settled the last part.
+class AsyncCore {
+ public:
+  explicit AsyncCore(std::vector<FutureCore> parts);
+  AsyncCore(const AsyncCore& o) noexcept;
+  AsyncCore& operator=(const AsyncCore& o) noexcept;
+  ~AsyncCore();
+
+  const std::vector<FutureCore>& parts() const noexcept;
+  bool ready() const;  // every part done
+  bool wait(Deadline deadline) const;
+  // The first part's error (in part order) among those done; null if none.
+  std::exception_ptr first_error() const;
+  // Runs cb once every part is done (at once if they are).
+  void on_ready(TaskCallback cb) const;
+
+ private:
+  struct Impl;
+  Impl* p_;
 };
-template <>
-struct ValueCallback<void> {
-  using type = std::function<void()>;
-};
+
+// A callback argument given or not: a null function pointer or an empty
+// std::function is "none", as Python's callback=None.
+template <class F>
+bool callback_given(const F& f) noexcept {
+  if constexpr (std::is_same_v<F, std::nullptr_t>) return false;
+  else if constexpr (std::is_pointer_v<F>) return f != nullptr;
+  else if constexpr (requires { f.operator bool(); }) return static_cast<bool>(f);
+  else return true;
+}
 }  // namespace detail
 
 // apply_async / map_async: Python's AsyncResult.
 template <class R>
 class AsyncResult {
-  struct Shared {
-    std::vector<detail::FutureCore> parts;
-    std::function<R()> value;  // decodes once all parts succeeded
-    std::atomic<std::size_t> left{0};
-    std::mutex mu;
-    std::vector<std::function<void()>> on_ready;
-    bool ready = false;
-  };
-
  public:
-  AsyncResult(std::vector<detail::FutureCore> parts, std::function<R()> value)
-      : s_(std::make_shared<Shared>()) {
-    s_->parts = std::move(parts);
-    s_->value = std::move(value);
-    s_->left = s_->parts.size();
-    if (s_->parts.empty()) s_->ready = true;
-    for (auto& p : s_->parts)
-      p.add_callback([s = std::weak_ptr<Shared>(s_)] {
-        if (auto sp = s.lock(); sp && --sp->left == 0) fire(*sp);
-      });
-  }
+  // The value, decoded from the parts once all succeeded.
+  using Decode = R (*)(const std::vector<detail::FutureCore>& parts);
+  AsyncResult(std::vector<detail::FutureCore> parts, Decode decode) : core_(std::move(parts)), decode_(decode) {}
 
-  bool ready() const {
-    for (auto& p : s_->parts)
-      if (!p.done()) return false;
-    return true;
-  }
+  bool ready() const { return core_.ready(); }
   // ValueError when not ready, as Python.
   bool successful() const {
     if (!ready()) throw ValueError("AsyncResult::successful: not ready");
-    return first_error() == nullptr;
+    return core_.first_error() == nullptr;
   }
-  bool wait(Timeout timeout = std::nullopt) const {
-    const auto deadline = detail::deadline_after(timeout);
-    for (auto& p : s_->parts)
-      if (!p.wait_until(deadline)) return false;
-    return true;
-  }
+  bool wait(Timeout timeout = std::nullopt) const { return core_.wait(detail::deadline_after(timeout)); }
   R get(Timeout timeout = std::nullopt) const {
     if (!wait(timeout)) throw TimeoutError("AsyncResult::get: timed out");
-    if (auto e = first_error()) std::rethrow_exception(e);
-    return s_->value();
+    if (auto e = core_.first_error()) std::rethrow_exception(e);
+    return decode_(core_.parts());
   }
   // Python's callback / error_callback: called once, when all parts are done
   // (at once if they are), in the thread that finished the last part.
-  void add_callback(typename detail::ValueCallback<R>::type on_value,
-                    std::function<void(std::exception_ptr)> on_error = {}) {
-    auto run = [self = *this, on_value = std::move(on_value), on_error = std::move(on_error)] {
-      if (auto e = self.first_error()) {
-        if (on_error) on_error(e);
-      } else if (on_value) {
-        if constexpr (std::is_void_v<R>) on_value();
-        else on_value(self.s_->value());
+  // on_value takes `const R&` (nothing for a void task), on_error a
+  // std::exception_ptr; either may be any callable, or nullptr for none.
+  template <class OnValue, class OnError = std::nullptr_t>
+  void add_callback(OnValue on_value, OnError on_error = nullptr) {
+    core_.on_ready([self = *this, on_value = std::move(on_value), on_error = std::move(on_error)]() mutable {
+      if (auto e = self.core_.first_error()) {
+        if constexpr (!std::is_same_v<OnError, std::nullptr_t>)
+          if (detail::callback_given(on_error)) on_error(e);
+      } else if constexpr (!std::is_same_v<OnValue, std::nullptr_t>) {
+        if (detail::callback_given(on_value)) {
+          if constexpr (std::is_void_v<R>) on_value();
+          else on_value(static_cast<const R&>(self.decode_(self.core_.parts())));
+        }
       }
-    };
-    {
-      // ready() as well as the flag: a waiter can see every part finished
-      // before the thread that finished the last one has run fire().
-      std::lock_guard lock(s_->mu);
-      if (!s_->ready && !ready()) {
-        s_->on_ready.push_back(std::move(run));
-        return;
-      }
-    }
-    run();
+    });
   }
 
  private:
-  static void fire(Shared& s) {
-    std::vector<std::function<void()>> cbs;
-    {
-      std::lock_guard lock(s.mu);
-      s.ready = true;
-      cbs.swap(s.on_ready);
-    }
-    for (auto& cb : cbs) cb();
-  }
-  std::exception_ptr first_error() const {
-    for (auto& p : s_->parts)
-      if (auto e = p.error_if_done()) return e;
-    return nullptr;
-  }
-  std::shared_ptr<Shared> s_;
+  detail::AsyncCore core_;
+  Decode decode_;
 };
 
 // Pool.imap / imap_unordered: a lazy input range in, results out as they are
@@ -127,14 +107,13 @@ class IMap {
  public:
   IMap(detail::PoolCore& engine, F fn, Range items, std::size_t chunksize, std::size_t window)
       : engine_(&engine), fn_(std::move(fn)), items_(std::move(items)), it_(std::ranges::begin(items_)),
-        chunksize_(std::max<std::size_t>(1, chunksize)), window_(std::max<std::size_t>(1, window)),
-        done_(std::make_shared<detail::CompletionQueue>()) {}
+        chunksize_(chunksize > 0 ? chunksize : 1), window_(window > 0 ? window : 1) {}
   IMap(IMap&&) = delete;  // iterators point into it; returned by guaranteed elision
 
   // The next result, or nullopt at the end. Rethrows a task's error (at its
   // position; iteration can go on). TimeoutError leaves everything in place.
   std::optional<R> next(Timeout timeout = std::nullopt) {
-    while (out_.empty()) {
+    while (out_.empty()) {  // (ChunkCursor: the next result of the chunk taken last)
       refill();
       if (inflight_.empty()) {
         // The input threw at item k: the results before k came out first,
@@ -144,17 +123,17 @@ class IMap {
       }
       auto pos = inflight_.begin();
       if constexpr (!Ordered) {
-        auto i = done_->pop(detail::deadline_after(timeout));
+        auto i = done_.pop(detail::deadline_after(timeout));
         if (!i) throw TimeoutError("imap_unordered: no result within the timeout");
-        pos = std::find_if(inflight_.begin(), inflight_.end(), [&](auto& e) { return e.first == *i; });
+        while (pos->first != *i) ++pos;  // it is in flight: pushed once, when it settled
       }
       auto error = pos->second.exception(timeout);  // TimeoutError: nothing consumed
       auto fut = std::move(pos->second);
       inflight_.erase(pos);
       if (error) std::rethrow_exception(error);
-      for (auto& r : fut.get()) out_.push_back(std::move(r));
+      out_.load(fut.get());
     }
-    return pop_out();
+    return out_.take();
   }
 
   class iterator {
@@ -179,11 +158,6 @@ class IMap {
   std::default_sentinel_t end() { return {}; }
 
  private:
-  R pop_out() {
-    R r = std::move(out_.front());
-    out_.pop_front();
-    return r;
-  }
   void refill() {
     std::vector<Item> buf;
     while (!input_failed_ && inflight_.size() < window_ && it_ != std::ranges::end(items_)) {
@@ -200,7 +174,7 @@ class IMap {
       pins.keep_until_settled(&core, 1);
       Future<std::vector<R>> f(std::move(core));
       const std::size_t index = next_index_++;
-      if constexpr (!Ordered) detail::FutureAccess::core(f).add_callback([q = done_, index] { q->push(index); });
+      if constexpr (!Ordered) done_.push_when_done(detail::FutureAccess::core(f), index);
       inflight_.emplace_back(index, std::move(f));
     }
   }
@@ -210,10 +184,11 @@ class IMap {
   Range items_;
   std::ranges::iterator_t<Range> it_;
   std::size_t chunksize_, window_;
-  std::deque<std::pair<std::size_t, Future<std::vector<R>>>> inflight_;
-  std::deque<R> out_;
+  // At most window_ (2 × workers): a vector, erased from the front or middle.
+  std::vector<std::pair<std::size_t, Future<std::vector<R>>>> inflight_;
+  detail::ChunkCursor<R> out_;
   std::size_t next_index_ = 0;
-  std::shared_ptr<detail::CompletionQueue> done_;
+  detail::CompletionQueue done_;
   std::exception_ptr input_error_;  // what reading the input threw; raised after the results before it
   bool input_failed_ = false;       // the input is not read again
 };
@@ -248,13 +223,11 @@ class Pool {
   // read as results are consumed; it must outlive nothing (it is moved in).
   template <class F, std::ranges::input_range Range>
   auto imap(F fn, Range items, std::size_t chunksize = 1) {
-    return IMap<F, std::views::all_t<Range>, true>(engine_, fn, std::views::all(std::move(items)), chunksize,
-                                                   2 * engine_.size());
+    return IMap<F, Range, true>(engine_, fn, std::move(items), chunksize, 2 * engine_.size());
   }
   template <class F, std::ranges::input_range Range>
   auto imap_unordered(F fn, Range items, std::size_t chunksize = 1) {
-    return IMap<F, std::views::all_t<Range>, false>(engine_, fn, std::views::all(std::move(items)), chunksize,
-                                                    2 * engine_.size());
+    return IMap<F, Range, false>(engine_, fn, std::move(items), chunksize, 2 * engine_.size());
   }
 
   template <class F, class... A>
@@ -267,8 +240,8 @@ class Pool {
     detail::SendPins pins;  // SharedBytes arguments: kept open until the task settles
     auto core = engine_.submit(detail::make_call<std::decay_t<F>, detail::task_arg_t<A>...>(fn, args...));
     pins.keep_until_settled(&core, 1);
-    return AsyncResult<R>({core}, [core]() -> R {
-      if constexpr (!std::is_void_v<R>) return from_bytes<R>(core.result_bytes());
+    return AsyncResult<R>({std::move(core)}, [](const std::vector<detail::FutureCore>& parts) -> R {
+      if constexpr (!std::is_void_v<R>) return from_bytes<R>(parts.front().result_bytes());
     });
   }
 
@@ -283,18 +256,18 @@ class Pool {
 
   // No more tasks; workers exit when the queued ones are done.
   void close() {
-    open_ = false;
+    __atomic_store_n(&open_, false, __ATOMIC_RELAXED);
     engine_.shutdown(false, false);
   }
   // Stop the workers now; unfinished tasks fail with BrokenPool.
   void terminate() {
-    open_ = false;
+    __atomic_store_n(&open_, false, __ATOMIC_RELAXED);
     engine_.terminate();
   }
   // Wait for the workers to exit. Before close() or terminate() it would
   // wait for ever: ValueError, as Python's.
   void join() {
-    if (open_) throw ValueError("mproc::Pool::join: the pool is still running; call close() or terminate() first");
+    if (__atomic_load_n(&open_, __ATOMIC_RELAXED)) throw ValueError("mproc::Pool::join: the pool is still running; call close() or terminate() first");
     engine_.join();
   }
 
@@ -337,12 +310,19 @@ class Pool {
     std::vector<detail::FutureCore> parts;
     parts.reserve(chunks.size());
     for (auto& c : chunks) parts.push_back(detail::FutureAccess::core(c));
-    return AsyncResult<std::vector<R>>(std::move(parts), [chunks]() mutable {
-      return detail::concat_chunks(chunks, detail::Deadline::forever());
+    return AsyncResult<std::vector<R>>(std::move(parts), [](const std::vector<detail::FutureCore>& done) {
+      std::vector<R> out;  // every part succeeded (get() checked)
+      for (const auto& p : done) {
+        auto part = from_bytes<std::vector<R>>(p.result_bytes());
+        out.insert(out.end(), std::make_move_iterator(part.begin()), std::make_move_iterator(part.end()));
+      }
+      return out;
     });
   }
   detail::PoolCore engine_;
-  std::atomic<bool> open_{true};  // close() or terminate() not called yet
+  // close() or terminate() not called yet. Atomic builtins (not <atomic>): a
+  // flag read by join() in any thread; the engine orders the rest.
+  bool open_ = true;
 };
 
 }  // namespace mproc

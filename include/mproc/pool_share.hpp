@@ -18,8 +18,8 @@
 // copies go with it (the pool closing) or with the cache's bound.
 #pragma once
 #include <cstdint>
-#include <memory>
 #include <span>
+#include <utility>
 
 #include "mproc/detail/codec.hpp"
 #include "mproc/shared_bytes.hpp"
@@ -27,19 +27,64 @@
 namespace mproc {
 
 namespace detail {
+// An immutable value of a type its maker knows, counted by reference: the
+// worker's cache and every Shared<T> decoded from it hold one. As
+// std::shared_ptr<const void>, without `<memory>` (issue 15): one block
+// (count, destroyer, value); copies take a reference with a relaxed
+// increment (made from a live one), the last drop (acq_rel: every owner's
+// use happens before the delete) destroys it.
+class SharedValue {
+ public:
+  SharedValue() noexcept = default;
+  template <class T>
+  static SharedValue make(T value) {
+    SharedValue v;
+    v.box_ = new Typed<T>(std::move(value));
+    return v;
+  }
+  SharedValue(const SharedValue& o) noexcept : box_(o.box_) {
+    if (box_) __atomic_add_fetch(&box_->refs, 1, __ATOMIC_RELAXED);
+  }
+  SharedValue(SharedValue&& o) noexcept : box_(std::exchange(o.box_, nullptr)) {}
+  SharedValue& operator=(SharedValue o) noexcept {
+    std::swap(box_, o.box_);
+    return *this;
+  }
+  ~SharedValue() {
+    if (box_ && __atomic_sub_fetch(&box_->refs, 1, __ATOMIC_ACQ_REL) == 0) box_->destroy(box_);
+  }
+  // The value, as the T it was made from (null when empty).
+  template <class T>
+  const T* get() const noexcept {
+    return box_ ? &static_cast<const Typed<T>*>(box_)->value : nullptr;
+  }
+  explicit operator bool() const noexcept { return box_ != nullptr; }
+
+ private:
+  struct Box {
+    long refs = 1;
+    void (*destroy)(Box*) noexcept;
+  };
+  template <class T>
+  struct Typed : Box {
+    explicit Typed(T&& v) : Box{1, [](Box* b) noexcept { delete static_cast<Typed*>(b); }}, value(std::move(v)) {}
+    const T value;
+  };
+  Box* box_ = nullptr;
+};
+
 inline constexpr std::size_t kMaxSharedValues = 16;
-using SharedDecode = std::shared_ptr<const void> (*)(std::span<const std::byte>);
+using SharedDecode = SharedValue (*)(std::span<const std::byte>);
 // A fresh id: this process's pid and a counter (unique for the life of the
 // pool's process, which is all a worker's cache sees).
 std::uint64_t next_share_id() noexcept;
 // The cached value of share `id` (type fingerprint type), or null.
-std::shared_ptr<const void> cached_shared_value(std::uint64_t id, std::uint32_t type);
+SharedValue cached_shared_value(std::uint64_t id, std::uint32_t type);
 // Decodes bytes and caches the value under id.
-std::shared_ptr<const void> cache_shared_value(std::uint64_t id, std::uint32_t type, const SharedBytes& bytes,
-                                               SharedDecode decode);
+SharedValue cache_shared_value(std::uint64_t id, std::uint32_t type, const SharedBytes& bytes, SharedDecode decode);
 template <class T>
-std::shared_ptr<const void> decode_shared_value(std::span<const std::byte> bytes) {
-  return std::make_shared<const T>(from_bytes<T>(bytes));
+SharedValue decode_shared_value(std::span<const std::byte> bytes) {
+  return SharedValue::make<T>(from_bytes<T>(bytes));
 }
 // Reads a SharedBytes handle without mapping it (and closes its fd if one came).
 void skip_shared_bytes(InputArchive& ar);
@@ -52,18 +97,18 @@ class Shared {
   // What share() does: one serialisation, into a sealed buffer.
   static Shared make(T value) {
     Shared s;
-    s.value_ = std::make_shared<const T>(std::move(value));
-    s.bytes_ = SharedBytes::copy_of(to_bytes(*s.value_));
+    s.value_ = detail::SharedValue::make<T>(std::move(value));
+    s.bytes_ = SharedBytes::copy_of(to_bytes(*s.value_.template get<T>()));
     s.id_ = detail::next_share_id();
     return s;
   }
   const T& get() const {
     if (!value_) throw ValueError("mproc::Shared: empty handle");
-    return *value_;
+    return *value_.template get<T>();
   }
   const T& operator*() const { return get(); }
   const T* operator->() const { return &get(); }
-  explicit operator bool() const noexcept { return value_ != nullptr; }
+  explicit operator bool() const noexcept { return static_cast<bool>(value_); }
   std::uint64_t id() const noexcept { return id_; }
   // The serialised value's buffer (its size is what each worker decodes once).
   const SharedBytes& buffer() const noexcept { return bytes_; }
@@ -75,18 +120,17 @@ class Shared {
     if (auto hit = detail::cached_shared_value(id_, type)) {
       detail::skip_shared_bytes(ar);  // decoded here before: the buffer is not even mapped
       bytes_ = SharedBytes();
-      value_ = std::static_pointer_cast<const T>(std::move(hit));
+      value_ = std::move(hit);
       return;
     }
     ar(bytes_);
-    value_ = std::static_pointer_cast<const T>(
-        detail::cache_shared_value(id_, type, bytes_, &detail::decode_shared_value<T>));
+    value_ = detail::cache_shared_value(id_, type, bytes_, &detail::decode_shared_value<T>);
   }
 
  private:
   std::uint64_t id_ = 0;
   SharedBytes bytes_;
-  std::shared_ptr<const T> value_;
+  detail::SharedValue value_;  // a T
 };
 
 }  // namespace mproc

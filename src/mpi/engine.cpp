@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "mpi/internal.hpp"
+#include "sys/clock.hpp"
 #include "mproc/context.hpp"
 #include "mproc/process.hpp"
 #include "pool/scheduler.hpp"
@@ -316,7 +317,7 @@ struct Engine::Impl : mproc::detail::Progress, pool::Transport {
       MPI_Send(open_msg.data(), checked_size(open_msg.size(), "the initializer"), MPI_BYTE, w.rank, kOpen, comm);
     std::vector<std::optional<Hello>> hellos(workers.size());
     std::size_t got = 0;
-    const auto deadline = Clock::now() + options.handshake_timeout;
+    const auto deadline = sys::to_time_point(mproc::detail::deadline_after(options.handshake_timeout));
     Bytes buf;
     while (got < workers.size()) {
       int flag = 0;
@@ -329,7 +330,7 @@ struct Engine::Impl : mproc::detail::Progress, pool::Transport {
           for (std::size_t i = 0; i < workers.size(); ++i)
             if (!hellos[i]) missing += " " + std::to_string(workers[i].rank);
           throw Error("mproc::mpi::PoolExecutor: no answer from worker rank(s)" + missing + " within " +
-                      std::to_string(options.handshake_timeout.count()) +
+                      std::to_string(options.handshake_timeout.nanoseconds() / 1000000) +
                       " ms (did every rank call mproc::init(argc, argv) first in main?)");
         }
         std::this_thread::sleep_for(std::chrono::microseconds(20));
@@ -448,20 +449,20 @@ Engine::Engine(const PoolOptions& options) : impl_(std::make_shared<Impl>()) {
 
 Engine::~Engine() { shutdown(true, false); }
 
-std::shared_ptr<TaskState> Engine::submit(Call call) {
+mproc::detail::TaskHandle Engine::submit(Call call) {
   std::vector<Call> one;
   one.push_back(std::move(call));
   return std::move(submit_many(std::move(one)).front());
 }
 
-std::vector<std::shared_ptr<TaskState>> Engine::submit_many(std::vector<Call> calls) {
+std::vector<mproc::detail::TaskHandle> Engine::submit_many(std::vector<Call> calls) {
   auto& m = *impl_;
-  std::vector<std::shared_ptr<TaskState>> states;
+  std::vector<mproc::detail::TaskHandle> states;
   std::vector<std::shared_ptr<const Bytes>> msgs;
   states.reserve(calls.size());
   msgs.reserve(calls.size());
   for (auto& c : calls) {
-    auto s = std::make_shared<TaskState>();
+    auto s = mproc::detail::TaskHandle::make();
     s->id = m.next_id.fetch_add(1);
     s->driver = impl_;
     auto msg = std::make_shared<Bytes>();
@@ -489,7 +490,7 @@ std::vector<std::shared_ptr<TaskState>> Engine::submit_many(std::vector<Call> ca
   return states;
 }
 
-std::uint64_t Engine::share(Bytes bytes, std::shared_ptr<const void> local, const std::type_info& type) {
+std::uint64_t Engine::share(Bytes bytes, SharedValue local, const std::type_info& type) {
   auto& m = *impl_;
   const std::uint64_t id = g_next_share.fetch_add(1);
   auto msg = std::make_shared<Bytes>(sizeof id + bytes.size());

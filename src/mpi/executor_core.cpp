@@ -4,23 +4,23 @@
 
 namespace mproc::mpi::detail {
 
-ExecutorCore::ExecutorCore(const PoolOptions& options) : engine_(std::make_unique<Engine>(options)) {}
+ExecutorCore::ExecutorCore(const PoolOptions& options) : engine_(new Engine(options)) {}
 
 ExecutorCore::~ExecutorCore() = default;  // ~Engine: shutdown(true)
 
 mproc::detail::FutureCore ExecutorCore::submit(Call call) {
-  return mproc::detail::FutureCore(engine_->submit(std::move(call)));
+  return engine_->submit(std::move(call)).future();
 }
 
 std::vector<mproc::detail::FutureCore> ExecutorCore::submit_many(std::vector<Call> calls) {
   auto states = engine_->submit_many(std::move(calls));
   std::vector<mproc::detail::FutureCore> out;
   out.reserve(states.size());
-  for (auto& s : states) out.emplace_back(std::move(s));
+  for (auto& s : states) out.push_back(std::move(s).future());
   return out;
 }
 
-std::uint64_t ExecutorCore::share(Bytes bytes, std::shared_ptr<const void> local, const std::type_info& type) {
+std::uint64_t ExecutorCore::share(Bytes bytes, SharedValue local, const std::type_info& type) {
   return engine_->share(std::move(bytes), std::move(local), type);
 }
 

@@ -19,6 +19,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "mproc/mpi.hpp"
@@ -37,9 +38,9 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  std::shared_ptr<TaskState> submit(Call call);
-  std::vector<std::shared_ptr<TaskState>> submit_many(std::vector<Call> calls);
-  std::uint64_t share(Bytes bytes, std::shared_ptr<const void> local, const std::type_info& type);
+  mproc::detail::TaskHandle submit(Call call);
+  std::vector<mproc::detail::TaskHandle> submit_many(std::vector<Call> calls);
+  std::uint64_t share(Bytes bytes, SharedValue local, const std::type_info& type);
   void release(std::uint64_t id);
   void shutdown(bool wait, bool cancel_pending);
 
@@ -89,7 +90,7 @@ void claim_session();
 void release_session() noexcept;
 
 // The shared-value table.
-void shared_put_local(std::uint64_t id, std::shared_ptr<const void> value, const std::type_info& type);
+void shared_put_local(std::uint64_t id, SharedValue value, const std::type_info& type);
 void shared_erase(std::uint64_t id);
 
 // Referenced by the engine so that the linker keeps the runtime's object.

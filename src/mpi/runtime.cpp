@@ -36,7 +36,7 @@ WorkerInfo g_info;
 
 struct SharedEntry {
   Bytes bytes;                        // as received, until first read
-  std::shared_ptr<const void> value;  // decoded (or rank 0's original)
+  SharedValue value;  // decoded (or rank 0's original)
   const std::type_info* type = nullptr;
 };
 std::mutex g_shared_mu;
@@ -141,7 +141,7 @@ void worker_loop(MPI_Comm comm, int master, int rank) {
         if (in.size() < sizeof id) break;
         std::memcpy(&id, in.data(), sizeof id);
         std::lock_guard lock(g_shared_mu);
-        g_shared[id] = SharedEntry{Bytes(in.begin() + sizeof id, in.end()), nullptr, nullptr};
+        g_shared[id] = SharedEntry{Bytes(in.begin() + sizeof id, in.end()), {}, nullptr};
         ++g_info.shares_received;
         g_info.share_bytes_received += in.size() - sizeof id;
         break;
@@ -329,7 +329,7 @@ void claim_session() {
 }
 void release_session() noexcept { g_session.store(false); }
 
-void shared_put_local(std::uint64_t id, std::shared_ptr<const void> value, const std::type_info& type) {
+void shared_put_local(std::uint64_t id, SharedValue value, const std::type_info& type) {
   std::lock_guard lock(g_shared_mu);
   g_shared[id] = SharedEntry{{}, std::move(value), &type};
 }
@@ -339,8 +339,7 @@ void shared_erase(std::uint64_t id) {
   g_shared.erase(id);
 }
 
-std::shared_ptr<const void> shared_lookup(std::uint64_t id, const std::type_info& type,
-                                          std::shared_ptr<const void> (*decode)(const Bytes&)) {
+SharedValue shared_lookup(std::uint64_t id, const std::type_info& type, SharedValue (*decode)(const Bytes&)) {
   std::lock_guard lock(g_shared_mu);
   auto it = g_shared.find(id);
   if (it == g_shared.end())

@@ -28,10 +28,10 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // Thread-safe. Throws BrokenPool / Error once shut down.
-  std::shared_ptr<TaskState> submit(Call call, std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
+  // timeout: the task's deadline once it runs; empty: EngineOptions::task_timeout.
+  TaskHandle submit(Call call, Timeout timeout = std::nullopt);
   // Many at once (map): one lock and one hand-out, so they travel in batches.
-  std::vector<std::shared_ptr<TaskState>> submit_many(std::vector<Call> calls,
-                                                      std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
+  std::vector<TaskHandle> submit_many(std::vector<Call> calls, Timeout timeout = std::nullopt);
   // No new tasks; pending ones run (or are cancelled); workers then exit.
   // wait: block until they have.
   void shutdown(bool wait, bool cancel_pending);

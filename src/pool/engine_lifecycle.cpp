@@ -118,26 +118,34 @@ Engine::~Engine() {
   }
 }
 
-std::shared_ptr<TaskState> Engine::submit(Call call, std::optional<std::chrono::nanoseconds> timeout) {
+namespace {
+// A task's limit: its own timeout, else the pool's; none when both are empty.
+std::optional<std::chrono::nanoseconds> task_limit(Timeout own, Timeout pool) {
+  const Timeout t = own ? own : pool;
+  if (!t) return std::nullopt;
+  return std::chrono::nanoseconds(t.nanoseconds());
+}
+}  // namespace
+
+TaskHandle Engine::submit(Call call, Timeout timeout) {
   Impl& m = *impl_;
-  auto state = std::make_shared<TaskState>();
+  auto state = TaskHandle::make();
   state->id = m.next_id++;
   state->driver = impl_;
   std::lock_guard lock(m.mu);
   if (m.broken) std::rethrow_exception(m.broken);
   if (m.closing || m.terminating) throw ValueError("mproc: cannot submit a task after the pool was shut down (Pool not running)");
-  m.sched.enqueue(pool::Pending{.state = state, .call = std::move(call), .limit = timeout ? timeout : m.opt.task_timeout});
+  m.sched.enqueue(pool::Pending{.state = state, .call = std::move(call), .limit = task_limit(timeout, m.opt.task_timeout)});
   m.assign();  // straight to an idle worker: no thread hop
   return state;
 }
 
-std::vector<std::shared_ptr<TaskState>> Engine::submit_many(std::vector<Call> calls,
-                                                            std::optional<std::chrono::nanoseconds> timeout) {
+std::vector<TaskHandle> Engine::submit_many(std::vector<Call> calls, Timeout timeout) {
   Impl& m = *impl_;
-  std::vector<std::shared_ptr<TaskState>> states;
+  std::vector<TaskHandle> states;
   states.reserve(calls.size());
   for (std::size_t i = 0; i < calls.size(); ++i) {
-    auto state = std::make_shared<TaskState>();
+    auto state = TaskHandle::make();
     state->id = m.next_id++;
     state->driver = impl_;
     states.push_back(std::move(state));
@@ -145,7 +153,7 @@ std::vector<std::shared_ptr<TaskState>> Engine::submit_many(std::vector<Call> ca
   std::lock_guard lock(m.mu);
   if (m.broken) std::rethrow_exception(m.broken);
   if (m.closing || m.terminating) throw ValueError("mproc: cannot submit a task after the pool was shut down (Pool not running)");
-  const auto limit = timeout ? timeout : m.opt.task_timeout;
+  const auto limit = task_limit(timeout, m.opt.task_timeout);
   for (std::size_t i = 0; i < calls.size(); ++i)
     m.sched.enqueue(pool::Pending{.state = states[i], .call = std::move(calls[i]), .limit = limit});
   m.assign();

@@ -5,9 +5,15 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstring>
+#include <mutex>
 #include <thread>
+
+#include "mproc/pool.hpp"
 
 namespace mproc {
 
@@ -31,9 +37,9 @@ ResultTooLarge::ResultTooLarge(std::uint64_t task, std::uint64_t size, std::uint
                         task, size, limit)),
       task_(task), size_(size), limit_(limit) {}
 
-TaskTimeout::TaskTimeout(std::uint64_t task, pid_t pid, std::chrono::nanoseconds limit)
+TaskTimeout::TaskTimeout(std::uint64_t task, pid_t pid, Timeout limit)
     : Error(fmt::format("task {}: ran past its {:.3f} s deadline; worker {} was killed", task,
-                        std::chrono::duration<double>(limit).count(), pid)),
+                        static_cast<double>(limit.nanoseconds()) / 1e9, pid)),
       task_(task), pid_(pid), limit_(limit) {}
 
 namespace detail {
@@ -44,7 +50,7 @@ bool TaskState::start_running() {
 }
 
 bool TaskState::cancel() {
-  std::vector<std::function<void()>> cbs;
+  std::vector<TaskCallback> cbs;
   {
     std::lock_guard lock(mu);
     TaskPhase expect = TaskPhase::pending;
@@ -57,7 +63,7 @@ bool TaskState::cancel() {
 }
 
 void TaskState::finish(Bytes r, std::exception_ptr e) {
-  std::vector<std::function<void()>> cbs;
+  std::vector<TaskCallback> cbs;
   {
     std::lock_guard lock(mu);
     if (finished()) return;  // cancelled meanwhile, or finished twice
@@ -70,7 +76,7 @@ void TaskState::finish(Bytes r, std::exception_ptr e) {
   for (auto& cb : cbs) cb();
 }
 
-void TaskState::add_callback(std::function<void()> cb) {
+void TaskState::add_callback(TaskCallback cb) {
   {
     std::lock_guard lock(mu);
     if (!finished()) {
@@ -108,29 +114,33 @@ void TaskState::wait() { wait_until(std::chrono::steady_clock::time_point::max()
 
 // ---- FutureCore: the templates' only way into a TaskState -----------------
 
-TaskState& FutureCore::state() const {
-  if (!s_) throw ValueError("mproc::Future: no state (default-constructed)");
-  return *s_;
-}
+void destroy_task_state(TaskStateBase* state) noexcept { delete static_cast<TaskState*>(state); }
 
-std::uint64_t FutureCore::id() const { return state().id; }
-bool FutureCore::done() const { return state().finished(); }
-bool FutureCore::running() const { return state().phase.load() == TaskPhase::running; }
-bool FutureCore::cancelled() const { return state().phase.load() == TaskPhase::cancelled; }
-bool FutureCore::cancel() const { return state().cancel(); }
-void FutureCore::wait() const { state().wait(); }
+namespace {
+TaskState& state_of(TaskStateBase* s) {
+  if (!s) throw ValueError("mproc::Future: no state (default-constructed)");
+  return *static_cast<TaskState*>(s);
+}
+}  // namespace
+
+std::uint64_t FutureCore::id() const { return state_of(s_).id; }
+bool FutureCore::done() const { return state_of(s_).finished(); }
+bool FutureCore::running() const { return state_of(s_).phase.load() == TaskPhase::running; }
+bool FutureCore::cancelled() const { return state_of(s_).phase.load() == TaskPhase::cancelled; }
+bool FutureCore::cancel() const { return state_of(s_).cancel(); }
+void FutureCore::wait() const { state_of(s_).wait(); }
 bool FutureCore::wait_until(Deadline deadline) const {
-  return state().wait_until(sys::to_time_point(deadline));
+  return state_of(s_).wait_until(sys::to_time_point(deadline));
 }
 
 std::exception_ptr FutureCore::exception(Deadline deadline) const {
-  auto& s = state();
+  auto& s = state_of(s_);
   if (!s.wait_until(sys::to_time_point(deadline))) throw TimeoutError("Future::exception: timed out");
   return error_if_done();
 }
 
 std::exception_ptr FutureCore::error_if_done() const {
-  auto& s = state();
+  auto& s = state_of(s_);
   const TaskPhase phase = s.phase.load(std::memory_order_acquire);
   if (phase == TaskPhase::cancelled)
     return std::make_exception_ptr(CancelledError("task " + std::to_string(s.id) + " was cancelled"));
@@ -139,26 +149,141 @@ std::exception_ptr FutureCore::error_if_done() const {
   return s.error;
 }
 
-const Bytes& FutureCore::result_bytes() const { return state().result; }
+const Bytes& FutureCore::result_bytes() const { return state_of(s_).result; }
 
-void FutureCore::add_callback(std::function<void()> cb) const { state().add_callback(std::move(cb)); }
+void FutureCore::add_callback(TaskCallback cb) const { state_of(s_).add_callback(std::move(cb)); }
 
-void CompletionQueue::push(std::size_t index) {
-  {
-    std::lock_guard lock(mu_);
-    ready_.push_back(index);
-  }
-  cv_.notify_all();
+// ---- CompletionQueue -------------------------------------------------------
+
+// Shared by the handles and the callbacks that push into it.
+struct CompletionQueue::Impl {
+  long refs = 1;  // atomic builtins: handles and callbacks drop it in any thread
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::size_t> ready;  // completed indices, oldest first
+  std::size_t head = 0;            // ready[head..] not popped yet
+};
+
+CompletionQueue::CompletionQueue() : p_(new Impl) {}
+CompletionQueue::CompletionQueue(const CompletionQueue& o) noexcept : p_(o.p_) {
+  __atomic_add_fetch(&p_->refs, 1, __ATOMIC_RELAXED);  // from a live handle: no ordering needed
+}
+CompletionQueue::~CompletionQueue() {
+  if (__atomic_sub_fetch(&p_->refs, 1, __ATOMIC_ACQ_REL) == 0) delete p_;
 }
 
-std::optional<std::size_t> CompletionQueue::pop(Deadline until) {
+void CompletionQueue::push(std::size_t index) const {
+  {
+    std::lock_guard lock(p_->mu);
+    p_->ready.push_back(index);
+  }
+  p_->cv.notify_all();
+}
+
+void CompletionQueue::push_when_done(const FutureCore& core, std::size_t index) const {
+  core.add_callback([q = *this, index] { q.push(index); });
+}
+
+std::optional<std::size_t> CompletionQueue::pop(Deadline until) const {
+  Impl& q = *p_;
   const auto deadline = sys::to_time_point(until);
-  std::unique_lock lock(mu_);
-  if (until.is_forever()) cv_.wait(lock, [&] { return !ready_.empty(); });
-  else if (!cv_.wait_until(lock, deadline, [&] { return !ready_.empty(); })) return std::nullopt;
-  std::size_t i = ready_.front();
-  ready_.erase(ready_.begin());
+  std::unique_lock lock(q.mu);
+  auto ready = [&] { return q.head < q.ready.size(); };
+  if (until.is_forever()) q.cv.wait(lock, ready);
+  else if (!q.cv.wait_until(lock, deadline, ready)) return std::nullopt;
+  const std::size_t i = q.ready[q.head++];
+  if (q.head == q.ready.size()) {  // all popped: start over (no erase from the front)
+    q.ready.clear();
+    q.head = 0;
+  }
   return i;
+}
+
+std::vector<std::size_t> first_occurrences(const std::vector<const void*>& ids) {
+  std::vector<std::size_t> order(ids.size());
+  for (std::size_t i = 0; i < ids.size(); ++i) order[i] = i;
+  // Stable by id: within one id, the first position comes first.
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return ids[a] < ids[b]; });
+  std::vector<std::size_t> keep;
+  keep.reserve(ids.size());
+  for (std::size_t k = 0; k < order.size(); ++k)
+    if (k == 0 || ids[order[k]] != ids[order[k - 1]]) keep.push_back(order[k]);
+  std::sort(keep.begin(), keep.end());
+  return keep;
+}
+
+// ---- AsyncCore (pool.hpp's AsyncResult) -------------------------------------
+
+struct AsyncCore::Impl {
+  long refs = 1;  // atomic builtins, as CompletionQueue::Impl's
+  std::vector<FutureCore> parts;
+  std::mutex mu;
+  std::size_t left = 0;  // parts not settled yet (under mu)
+  std::vector<TaskCallback> on_ready;
+  bool ready = false;  // left reached 0 and on_ready was taken (under mu)
+
+  // A part settled; the last one runs the callbacks, outside the lock.
+  void part_done() {
+    std::vector<TaskCallback> cbs;
+    {
+      std::lock_guard lock(mu);
+      if (--left != 0) return;
+      ready = true;
+      cbs.swap(on_ready);
+    }
+    for (auto& cb : cbs) cb();
+  }
+};
+
+AsyncCore::AsyncCore(std::vector<FutureCore> parts) : p_(new Impl) {
+  p_->parts = std::move(parts);
+  p_->left = p_->parts.size();
+  if (p_->parts.empty()) p_->ready = true;
+  // Each part's callback holds the state until that part settles (every
+  // future settles: done, failed or cancelled), so the count reaches 0.
+  for (const auto& part : p_->parts) part.add_callback([self = *this] { self.p_->part_done(); });
+}
+AsyncCore::AsyncCore(const AsyncCore& o) noexcept : p_(o.p_) { __atomic_add_fetch(&p_->refs, 1, __ATOMIC_RELAXED); }
+AsyncCore& AsyncCore::operator=(const AsyncCore& o) noexcept {
+  AsyncCore copy(o);
+  std::swap(p_, copy.p_);
+  return *this;
+}
+AsyncCore::~AsyncCore() {
+  if (__atomic_sub_fetch(&p_->refs, 1, __ATOMIC_ACQ_REL) == 0) delete p_;
+}
+
+const std::vector<FutureCore>& AsyncCore::parts() const noexcept { return p_->parts; }
+
+bool AsyncCore::ready() const {
+  for (const auto& p : p_->parts)
+    if (!p.done()) return false;
+  return true;
+}
+
+bool AsyncCore::wait(Deadline deadline) const {
+  for (const auto& p : p_->parts)
+    if (!p.wait_until(deadline)) return false;
+  return true;
+}
+
+std::exception_ptr AsyncCore::first_error() const {
+  for (const auto& p : p_->parts)
+    if (auto e = p.error_if_done()) return e;
+  return nullptr;
+}
+
+void AsyncCore::on_ready(TaskCallback cb) const {
+  {
+    // ready() as well as the flag: a waiter can see every part finished
+    // before the thread that finished the last one has run part_done().
+    std::lock_guard lock(p_->mu);
+    if (!p_->ready && !ready()) {
+      p_->on_ready.push_back(std::move(cb));
+      return;
+    }
+  }
+  cb();
 }
 
 }  // namespace detail

@@ -1,25 +1,23 @@
 // detail::PoolCore: the public headers' handle on the local engine. Each
 // member forwards to the Engine; futures leave as FutureCores (a move of
-// the engine's shared_ptr, no allocation per task).
+// the engine's reference, no allocation per task).
 #include "mproc/detail/pool_core.hpp"
 
 #include "pool/engine.hpp"
 
 namespace mproc::detail {
 
-PoolCore::PoolCore(EngineOptions options) : engine_(std::make_unique<Engine>(std::move(options))) {}
+PoolCore::PoolCore(EngineOptions options) : engine_(new Engine(std::move(options))) {}
 
 PoolCore::~PoolCore() = default;  // ~Engine: shutdown(wait = true)
 
-FutureCore PoolCore::submit(Call call, std::optional<std::chrono::nanoseconds> timeout) {
-  return FutureCore(engine_->submit(std::move(call), timeout));
-}
+FutureCore PoolCore::submit(Call call, Timeout timeout) { return engine_->submit(std::move(call), timeout).future(); }
 
-std::vector<FutureCore> PoolCore::submit_many(std::vector<Call> calls, std::optional<std::chrono::nanoseconds> timeout) {
+std::vector<FutureCore> PoolCore::submit_many(std::vector<Call> calls, Timeout timeout) {
   auto states = engine_->submit_many(std::move(calls), timeout);
   std::vector<FutureCore> out;
   out.reserve(states.size());
-  for (auto& s : states) out.emplace_back(std::move(s));
+  for (auto& s : states) out.push_back(std::move(s).future());
   return out;
 }
 

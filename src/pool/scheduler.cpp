@@ -13,7 +13,7 @@ void complete(Completions& done) {
   done.clear();
 }
 
-void Scheduler::settle(Completions& done, std::shared_ptr<TaskState> state, Bytes result, std::exception_ptr error,
+void Scheduler::settle(Completions& done, TaskHandle state, Bytes result, std::exception_ptr error,
                        bool cancelled) {
   done.push_back({std::move(state), std::move(result), std::move(error), cancelled});
 }

@@ -73,7 +73,7 @@ using WorkerId = std::size_t;
 constexpr unsigned kMaxRequeues = 3;
 
 struct Pending {
-  std::shared_ptr<TaskState> state;
+  TaskHandle state;
   Call call;                                      // local engine: sent from here
   std::optional<std::chrono::nanoseconds> limit;  // deadline once it runs
   unsigned requeues = 0;                          // sent to a worker that died before starting it
@@ -88,7 +88,7 @@ struct InFlight {
 
 // Futures to finish (or cancel) once the engine's mutex is released.
 struct Completion {
-  std::shared_ptr<TaskState> state;
+  TaskHandle state;
   Bytes result;
   std::exception_ptr error;
   bool cancelled = false;
@@ -222,7 +222,7 @@ class Scheduler {
     if (observer_) observer_->task_ended(worker, task, outcome);
   }
   // The one way a task reaches a final state.
-  static void settle(Completions& done, std::shared_ptr<TaskState> state, Bytes result, std::exception_ptr error,
+  static void settle(Completions& done, TaskHandle state, Bytes result, std::exception_ptr error,
                      bool cancelled = false);
 
   Transport& transport_;

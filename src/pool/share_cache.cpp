@@ -17,7 +17,7 @@ namespace {
 struct Entry {
   std::uint64_t id;
   std::uint32_t type;
-  std::shared_ptr<const void> value;
+  SharedValue value;
 };
 // Most recently used last. Constant-initialised, never destroyed; the lock
 // is taken around fork() so that a fork child never inherits it held.
@@ -35,7 +35,7 @@ std::uint64_t next_share_id() noexcept {
   return (static_cast<std::uint64_t>(::getpid()) << 32) | (g_counter.fetch_add(1, std::memory_order_relaxed) + 1);
 }
 
-std::shared_ptr<const void> cached_shared_value(std::uint64_t id, std::uint32_t type) {
+SharedValue cached_shared_value(std::uint64_t id, std::uint32_t type) {
   std::lock_guard lock(g_mu);
   auto& cache = g_cache.value;
   for (auto it = cache.begin(); it != cache.end(); ++it) {
@@ -47,11 +47,10 @@ std::shared_ptr<const void> cached_shared_value(std::uint64_t id, std::uint32_t 
     cache.push_back(std::move(e));
     return cache.back().value;
   }
-  return nullptr;
+  return {};
 }
 
-std::shared_ptr<const void> cache_shared_value(std::uint64_t id, std::uint32_t type, const SharedBytes& bytes,
-                                               SharedDecode decode) {
+SharedValue cache_shared_value(std::uint64_t id, std::uint32_t type, const SharedBytes& bytes, SharedDecode decode) {
   if (bytes.empty()) throw DeserializeError("mproc::Shared: shared value " + std::to_string(id) + " has no buffer");
   auto value = decode(bytes.bytes());  // outside the lock: it may be large
   std::lock_guard lock(g_mu);

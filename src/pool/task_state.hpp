@@ -17,7 +17,6 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -44,15 +43,16 @@ struct Progress {
 
 inline constexpr std::size_t kRecycledResultBytes = std::size_t{256} << 10;
 
-// Shared by a Future (through FutureCore) and the engine.
-struct TaskState {
+// Shared by a Future (through FutureCore) and the engine (through TaskHandle);
+// counted in TaskStateBase (detail/future_core.hpp), freed by the last one.
+struct TaskState : TaskStateBase {
   std::uint64_t id = 0;
   std::atomic<TaskPhase> phase{TaskPhase::pending};
   std::mutex mu;
   std::condition_variable cv;
   Bytes result;              // the serialized value, when done without error
   std::exception_ptr error;  // RemoteError, WorkerCrashed, TaskTimeout, BrokenPool...
-  std::vector<std::function<void()>> callbacks;
+  std::vector<TaskCallback> callbacks;
   std::weak_ptr<Progress> driver;
 
   TaskState() = default;
@@ -66,7 +66,7 @@ struct TaskState {
   bool start_running();  // pending → running; false when cancelled
   bool cancel();         // pending → cancelled
   void finish(Bytes result, std::exception_ptr error);
-  void add_callback(std::function<void()> cb);
+  void add_callback(TaskCallback cb);
   // Spins briefly (results of tiny tasks come back in microseconds), then sleeps.
   bool wait_until(std::chrono::steady_clock::time_point deadline);
   void wait();
@@ -74,6 +74,40 @@ struct TaskState {
     auto p = phase.load(std::memory_order_acquire);
     return p == TaskPhase::done || p == TaskPhase::cancelled;
   }
+};
+
+// The engines' reference to a task's state (as std::shared_ptr<TaskState>,
+// sharing FutureCore's count: no second allocation per task).
+class TaskHandle {
+ public:
+  TaskHandle() noexcept = default;
+  static TaskHandle make() { return TaskHandle(new TaskState); }  // count 1: this reference
+  TaskHandle(const TaskHandle& o) noexcept : p_(o.p_) {
+    if (p_) retain_task_state(p_);
+  }
+  TaskHandle(TaskHandle&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  TaskHandle& operator=(TaskHandle o) noexcept {
+    std::swap(p_, o.p_);
+    return *this;
+  }
+  ~TaskHandle() {
+    if (p_) release_task_state(p_);
+  }
+  TaskState* get() const noexcept { return p_; }
+  TaskState* operator->() const noexcept { return p_; }
+  TaskState& operator*() const noexcept { return *p_; }
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+  // A future's handle on this state (another reference).
+  FutureCore future() const& noexcept {
+    if (p_) retain_task_state(p_);
+    return FutureCore::adopt(p_);
+  }
+  // This reference, handed to a future.
+  FutureCore future() && noexcept { return FutureCore::adopt(std::exchange(p_, nullptr)); }
+
+ private:
+  explicit TaskHandle(TaskState* adopt) noexcept : p_(adopt) {}
+  TaskState* p_ = nullptr;
 };
 
 }  // namespace mproc::detail

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -166,6 +168,24 @@ TEST(FuturesState, DoneCallbackRunsOnceEvenWhenAddedAfterCompletion) {
   EXPECT_LE(on_cancel.load(), 1) << "the callback ran twice, or saw the wrong state";
   EXPECT_EQ(queued.get() + queued2.get(), 13);
   (void)blocker.get();
+}
+
+// add_done_callback takes any callable, a move-only one too (it was a
+// std::function, which needs a copyable one), and runs it once.
+TEST(FuturesState, DoneCallbackTakesAnyCallable) {
+  TempDir dir;
+  ProcessPoolExecutor ex(1);
+  auto f = ex.submit(gated, dir.file("gate"));
+  std::atomic<int> moved_only{0}, wrapped{0};
+  auto owned = std::make_unique<int>(7);
+  f.add_done_callback([&moved_only, p = std::move(owned)](Future<int> g) { moved_only += *p * g.get(); });
+  f.add_done_callback(std::function<void(Future<int>)>([&wrapped](Future<int>) { ++wrapped; }));
+  write_file(dir.file("gate"), "x");
+  EXPECT_EQ(f.get(), 1);
+  ASSERT_TRUE(mproc::test::eventually([&] { return moved_only.load() == 7 && wrapped.load() == 1; }));
+  ex.shutdown();
+  EXPECT_EQ(moved_only.load(), 7) << "the callback ran more than once";
+  EXPECT_EQ(wrapped.load(), 1);
 }
 
 TEST(FuturesState, WaitForReportsCompletion) {

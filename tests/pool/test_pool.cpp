@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <functional>
 #include <mutex>
 #include <numeric>
 #include <optional>
@@ -170,6 +171,32 @@ TEST(PoolBasics, AsyncResultCallbacks) {
   m.add_callback([&](const std::vector<int>& v) { seen = v; });
   EXPECT_EQ(seen, (std::vector<int>{1, 4, 9}));
   EXPECT_EQ(values.load(), 1);
+}
+
+// Python's callback=None / error_callback=None: nullptr, a null function
+// pointer or an empty std::function is no callback (calling an empty
+// std::function would throw in the thread that settled the task).
+TEST(PoolBasics, AsyncResultCallbacksMayBeNone) {
+  Pool pool(1);
+  std::atomic<int> errors{0};
+  auto bad = pool.apply_async(throw_out_of_range, std::string("oops"));
+  bad.add_callback(nullptr, [&](std::exception_ptr) { ++errors; });
+  bad.add_callback(std::function<void(const int&)>(), std::function<void(std::exception_ptr)>());
+  void (*no_value)(const int&) = nullptr;
+  bad.add_callback(no_value);
+  EXPECT_THROW(bad.get(), mproc::RemoteError);
+  ASSERT_TRUE(mproc::test::eventually([&] { return errors.load() == 1; }));
+
+  static std::atomic<int> values{0};
+  auto ok = pool.apply_async(square, 3);
+  ok.add_callback(+[](const int& v) { values += v; }, nullptr);
+  ok.add_callback(std::function<void(const int&)>([](const int& v) { values += 10 * v; }));
+  EXPECT_EQ(ok.get(), 9);
+  ASSERT_TRUE(mproc::test::eventually([&] { return values.load() == 99; }));
+  pool.close();
+  pool.join();
+  EXPECT_EQ(errors.load(), 1);
+  EXPECT_EQ(values.load(), 99);
 }
 
 TEST(PoolImap, ImapYieldsInInputOrder) {

@@ -38,7 +38,7 @@ constexpr pool::DepthRule kAlwaysTiny{.long_tasks = 1, .short_task_us = 1e18, .t
 struct Harness {
   FakeTransport transport;
   pool::Scheduler sched;
-  std::map<std::uint64_t, std::shared_ptr<TaskState>> tasks;
+  std::map<std::uint64_t, mproc::detail::TaskHandle> tasks;
   std::map<std::uint64_t, int> callbacks;  // id → times its future was finished or cancelled
   std::uint64_t next_id = 1;
 
@@ -47,7 +47,7 @@ struct Harness {
   }
 
   std::uint64_t submit(std::size_t payload = 0, std::optional<std::chrono::nanoseconds> limit = std::nullopt) {
-    auto state = std::make_shared<TaskState>();
+    auto state = mproc::detail::TaskHandle::make();
     const std::uint64_t id = next_id++;
     state->id = id;
     state->add_callback([this, id] { ++callbacks[id]; });

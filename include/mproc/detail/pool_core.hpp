@@ -5,15 +5,14 @@
 #pragma once
 #include <sys/types.h>
 
-#include <chrono>
 #include <cstddef>
-#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "mproc/call.hpp"
 #include "mproc/detail/future_core.hpp"
+#include "mproc/detail/owned.hpp"
 #include "mproc/process.hpp"
 
 namespace mproc::detail {
@@ -24,7 +23,7 @@ struct EngineOptions {
   std::optional<Call> initializer;               // run once in each worker
   unsigned max_tasks_per_child = 0;              // 0: no limit
   std::size_t max_memory_per_child = 0;          // bytes of RSS; 0: no limit
-  std::optional<std::chrono::nanoseconds> task_timeout;
+  Timeout task_timeout;                          // per task; empty: none
   std::size_t max_result_bytes = 0;              // 0: Connection::kDefaultMaxMessageSize
   std::string name = "PoolWorker";
   std::optional<std::string> trace_file;         // PoolOptions::trace_file
@@ -40,10 +39,10 @@ class PoolCore {
   PoolCore& operator=(const PoolCore&) = delete;
 
   // Thread-safe. Throws BrokenPool / Error once shut down.
-  FutureCore submit(Call call, std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
+  // timeout: this task's deadline once it runs; empty: EngineOptions::task_timeout.
+  FutureCore submit(Call call, Timeout timeout = std::nullopt);
   // Many at once (map): one lock and one hand-out, so they travel in batches.
-  std::vector<FutureCore> submit_many(std::vector<Call> calls,
-                                      std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
+  std::vector<FutureCore> submit_many(std::vector<Call> calls, Timeout timeout = std::nullopt);
   // No new tasks; pending ones run (or are cancelled); workers then exit.
   void shutdown(bool wait, bool cancel_pending);
   // Kill the workers now; unfinished tasks fail with BrokenPool.
@@ -56,7 +55,7 @@ class PoolCore {
   std::size_t respawns() const noexcept;   // workers replaced so far
 
  private:
-  std::unique_ptr<Engine> engine_;
+  Owned<Engine> engine_;
 };
 
 }  // namespace mproc::detail

@@ -42,12 +42,6 @@ class FunctionRef {
   static FunctionRef make(const void* address, std::uint32_t signature);
   const void* resolve(std::uint32_t signature) const;
 
-  // For tests (simulating another build): flip build-id byte i (modulo its length).
-  void corrupt_build_id_for_test(std::size_t i) {
-    build_id_[i % (build_id_len_ != 0 ? build_id_len_ : build_id_.size())] ^= 0xff;
-  }
-  void set_offset_for_test(std::uint64_t off) { offset_ = off; }
-
   template <class Ar>
   void serialize(Ar& ar) {
     ar(build_id_, build_id_len_, offset_, signature_);

@@ -7,12 +7,9 @@
 // Reply frame:   u8 0 | result                       on success
 //                u8 1 | str type name | str what     on failure (rethrown)
 #pragma once
-#include <algorithm>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -25,7 +22,7 @@
 #include "mproc/errors.hpp"
 #include "mproc/listener.hpp"
 #include "mproc/detail/deadline.hpp"
-#include "mproc/process.hpp"  // Timeout
+#include "mproc/timeout.hpp"
 #include "mproc/detail/codec.hpp"
 
 namespace mproc {
@@ -121,23 +118,25 @@ struct CallResult {
   wire::Reader reader() const { return wire::Reader(std::span<const std::byte>(bytes).subspan(1)); }
 };
 
-// A proxy's handle on its process's connection pool, reset after fork.
-// ep_ is guarded by the process-wide proxy registry's lock (managers.cpp),
-// which is held across fork: a lock of its own could be copied into a fork
-// child while another thread held it.
+// A proxy's counted reference to its process's connection pool for its
+// server, reset after fork. The count is the Endpoint's own (managers.cpp;
+// a std::shared_ptr would put <memory> on every proxy user's path). ep_ is
+// guarded by the process-wide proxy registry's lock (managers.cpp), which is
+// held across fork: a lock of its own could be copied into a fork child
+// while another thread held it.
 class EndpointRef {
  public:
   EndpointRef() = default;
   EndpointRef(const EndpointRef& o);
   EndpointRef& operator=(const EndpointRef& o);
-  ~EndpointRef() = default;
+  ~EndpointRef();
   void reset();
-  // This process's pool for (address, authkey).
-  std::shared_ptr<Endpoint> get(const Address& address, const std::string& authkey) const;
+  // This process's pool for (address, authkey), with a reference the caller
+  // owns (managers.cpp's EndpointPtr adopts it).
+  Endpoint* acquire(const Address& address, const std::string& authkey) const;
 
  private:
-  std::shared_ptr<Endpoint> raw() const;
-  mutable std::shared_ptr<Endpoint> ep_;
+  mutable Endpoint* ep_ = nullptr;  // one reference, or null
 };
 
 class ProxyBase {
@@ -305,7 +304,7 @@ struct Codec<proto::Many<W>, B> {
   static type get(wire::Reader& r) {
     type out;
     const std::uint64_t n = r.u64();
-    out.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(n, r.left())));  // >= 1 byte each
+    out.reserve(static_cast<std::size_t>(n < r.left() ? n : r.left()));  // >= 1 byte each
     for (std::uint64_t i = 0; i < n; ++i) out.push_back(Codec<W, B>::get(r));
     return out;
   }

@@ -193,8 +193,14 @@ class Manager {
   template <class F>
     requires std::is_invocable_v<F&, const Address&>
   void serve_forever(F&& ready) {
-    if constexpr (std::is_pointer_v<std::remove_cvref_t<F>>) {
-      if (ready == nullptr) return serve_forever();
+    using Fn = std::remove_cvref_t<F>;
+    // An empty function pointer or std::function (which has result_type)
+    // is no callback, as the std::function this took used to be.
+    if constexpr (std::is_pointer_v<Fn> || requires(const Fn& f) {
+                    typename Fn::result_type;
+                    static_cast<bool>(f);
+                  }) {
+      if (!static_cast<bool>(ready)) return serve_forever();
     }
     serve_with([](void* f, const Address& a) { (*static_cast<std::remove_reference_t<F>*>(f))(a); },
                static_cast<void*>(&ready));

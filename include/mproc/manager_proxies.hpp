@@ -10,8 +10,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
-#include <iterator>
-#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -31,19 +29,47 @@ using wire_arg_t = std::conditional_t<std::is_convertible_v<A, std::string_view>
                                           !std::is_same_v<std::decay_t<A>, std::string>,
                                       std::string, std::decay_t<A>>;
 
-// A range-for over a snapshot: the elements fetched when the loop began.
+// A range-for over a snapshot: the elements fetched when the loop began,
+// shared by the snapshot and its iterators through a count of their own (a
+// std::shared_ptr would cost every proxy user <memory>).
 template <class E>
 class Snapshot {
+  struct Box {
+    std::vector<E> items;
+    std::size_t refs = 1;
+  };
+  // One counted reference to a Box (atomic: copies may go to other threads).
+  class Ref {
+   public:
+    Ref() = default;
+    explicit Ref(std::vector<E> items) : box_(new Box{std::move(items)}) {}
+    Ref(const Ref& o) noexcept : box_(o.box_) {
+      if (box_) __atomic_add_fetch(&box_->refs, 1, __ATOMIC_RELAXED);
+    }
+    Ref(Ref&& o) noexcept : box_(std::exchange(o.box_, nullptr)) {}
+    Ref& operator=(Ref o) noexcept {
+      std::swap(box_, o.box_);
+      return *this;
+    }
+    ~Ref() {
+      if (box_ && __atomic_sub_fetch(&box_->refs, 1, __ATOMIC_ACQ_REL) == 0) delete box_;
+    }
+    const std::vector<E>* get() const noexcept { return box_ ? &box_->items : nullptr; }
+
+   private:
+    Box* box_ = nullptr;
+  };
+
  public:
-  explicit Snapshot(std::vector<E> items) : items_(std::make_shared<std::vector<E>>(std::move(items))) {}
+  explicit Snapshot(std::vector<E> items) : items_(std::move(items)) {}
   class iterator {
    public:
     using value_type = E;
     using difference_type = std::ptrdiff_t;
     iterator() = default;
-    iterator(std::shared_ptr<const std::vector<E>> items, std::size_t i) : items_(std::move(items)), i_(i) {}
-    const E& operator*() const { return (*items_)[i_]; }
-    const E* operator->() const { return &(*items_)[i_]; }
+    iterator(Ref items, std::size_t i) : items_(std::move(items)), i_(i) {}
+    const E& operator*() const { return (*items_.get())[i_]; }
+    const E* operator->() const { return &(*items_.get())[i_]; }
     iterator& operator++() {
       ++i_;
       return *this;
@@ -54,18 +80,18 @@ class Snapshot {
       return old;
     }
     bool operator==(const iterator& o) const { return i_ == o.i_; }
-    bool operator==(std::default_sentinel_t) const { return !items_ || i_ >= items_->size(); }
+    bool operator==(std::default_sentinel_t) const { return !items_.get() || i_ >= items_.get()->size(); }
 
    private:
-    std::shared_ptr<const std::vector<E>> items_;
+    Ref items_;
     std::size_t i_ = 0;
   };
   iterator begin() const { return {items_, 0}; }
-  iterator end() const { return {items_, items_->size()}; }
-  std::size_t size() const { return items_->size(); }
+  iterator end() const { return {items_, size()}; }
+  std::size_t size() const { return items_.get()->size(); }
 
  private:
-  std::shared_ptr<std::vector<E>> items_;
+  Ref items_;
 };
 }  // namespace detail
 

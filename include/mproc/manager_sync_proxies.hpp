@@ -9,12 +9,13 @@
 // manager locks stay held when their holder dies): use timeouts where a
 // holder may die.
 #pragma once
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "mproc/detail/deadline.hpp"
 #include "mproc/detail/manager_client.hpp"
+#include "mproc/timeout.hpp"
 
 namespace mproc {
 

@@ -36,14 +36,10 @@
 #pragma once
 #include <sys/types.h>
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <map>
-#include <memory>
-#include <mutex>
+#include <initializer_list>
 #include <optional>
 #include <span>
 #include <string>
@@ -60,7 +56,9 @@
 #include "mproc/manager_proxies.hpp"
 #include "mproc/manager_sync_proxies.hpp"
 #include "mproc/process.hpp"
+#include "mproc/timeout.hpp"
 #include "mproc/detail/codec.hpp"
+#include "mproc/detail/owned.hpp"
 
 namespace mproc {
 
@@ -74,60 +72,34 @@ std::string type_sig() {
 }
 
 // ---- user classes (register_type) -------------------------------------------
-// A registered class's instance on the server; invoke() runs one method,
-// found by name, from its serialized arguments (checked against the types
-// the method takes) and appends its serialized result.
-class UserObject {
- public:
-  virtual ~UserObject() = default;
-  virtual void invoke(std::string_view method, std::string_view arg_types, std::span<const std::byte> args,
-                      Bytes& out) = 0;
-  std::string type_name;
-};
-
-template <class T>
-struct Method {
+// A registered class's methods and instances, with their types erased so
+// that the server (src/manager/) serves them without templates: it finds a
+// method by name, checks the argument types and calls invoke.
+struct UserMethod {
   std::string name;
-  std::string arg_sig;  // mangled name of std::tuple<decayed argument types>
-  std::string arg_desc;
-  std::function<void(T&, std::span<const std::byte>, Bytes&)> fn;
+  std::string arg_sig;   // mangled name of std::tuple<decayed argument types>
+  std::string arg_desc;  // the same, readable (for the error a mismatch gets)
+  // Decodes the arguments from in, calls the member function kept in
+  // member_bytes on obj (a T*), appends the serialized result to out.
+  void (*invoke)(const UserMethod& self, void* obj, std::span<const std::byte> in, Bytes& out) = nullptr;
+  // The member function pointer, as bytes (it is trivially copyable; its
+  // size is the same for every class under the Itanium C++ ABI).
+  alignas(void*) unsigned char member_bytes[2 * sizeof(void*)]{};
 };
 
+// A method of T (mproc::method's result): register_type<T> takes only T's.
 template <class T>
-using MethodTable = std::map<std::string, Method<T>, std::less<>>;
+struct Method : UserMethod {};
 
-template <class T>
-class UserObjectOf final : public UserObject {
- public:
-  explicit UserObjectOf(std::shared_ptr<const MethodTable<T>> table) : table_(std::move(table)) {}
-  void invoke(std::string_view method, std::string_view got, std::span<const std::byte> args, Bytes& out) override {
-    auto it = table_->find(method);
-    if (it == table_->end())
-      throw ValueError("mproc::Manager: " + type_name + " has no method '" + std::string(method) + "'");
-    if (got != it->second.arg_sig)
-      throw ValueError("mproc::Manager: " + type_name + "." + it->second.name + " takes (" +
-                                  it->second.arg_desc + "), not (" + demangle_args(got) + ")");
-    it->second.fn(obj_, args, out);  // one call at a time per object (the server holds its lock)
-  }
-
- private:
-  static std::string demangle_args(std::string_view mangled) {
-    std::string d = demangle(std::string(mangled).c_str());
-    if (d.starts_with("std::tuple<") && d.ends_with('>')) return d.substr(11, d.size() - 12);
-    return d;
-  }
-  T obj_{};
-  std::shared_ptr<const MethodTable<T>> table_;
+// A registered class: how to make and destroy an instance, and its methods.
+struct UserType {
+  std::string name;
+  void* (*make)() = nullptr;
+  void (*destroy)(void* obj) noexcept = nullptr;
+  std::vector<UserMethod> methods;  // a name given twice: the first one serves
 };
 
-using UserFactory = std::function<std::unique_ptr<UserObject>()>;
-using TypeRegistry = std::map<std::string, UserFactory, std::less<>>;
-
-// The argument type a value travels as: string literals go as std::string.
-template <class A>
-using wire_arg_t = std::conditional_t<std::is_convertible_v<A, std::string_view> &&
-                                          !std::is_same_v<std::decay_t<A>, std::string>,
-                                      std::string, std::decay_t<A>>;
+struct TypeRegistry;  // src/manager/: the registered UserTypes by name
 
 template <class... A>
 std::string arg_desc() {
@@ -140,16 +112,22 @@ template <class T, class R, class... A, class PM>
 Method<T> make_method(std::string name, PM pm) {
   static_assert((is_serializable_v<std::decay_t<A>> && ...), "mproc::method: arguments must be serializable");
   static_assert(std::is_void_v<R> || is_serializable_v<std::decay_t<R>>, "mproc::method: result must be serializable");
+  static_assert(sizeof(PM) <= sizeof(UserMethod::member_bytes) && std::is_trivially_copyable_v<PM>);
   Method<T> m;
   m.name = std::move(name);
   m.arg_sig = typeid(std::tuple<std::decay_t<A>...>).name();
   m.arg_desc = arg_desc<std::decay_t<A>...>();
-  m.fn = [pm](T& obj, std::span<const std::byte> in, Bytes& out) {
+  std::memcpy(m.member_bytes, &pm, sizeof pm);
+  m.invoke = [](const UserMethod& self, void* obj_ptr, std::span<const std::byte> in, Bytes& out) {
+    PM member{};
+    std::memcpy(&member, self.member_bytes, sizeof member);
+    T& obj = *static_cast<T*>(obj_ptr);
     auto args = from_bytes<std::tuple<std::decay_t<A>...>>(in);
     if constexpr (std::is_void_v<R>) {
-      std::apply([&](auto&... a) { (obj.*pm)(std::move(a)...); }, args);
+      std::apply([&](auto&... a) { (obj.*member)(std::move(a)...); }, args);
     } else {
-      serialize_into(out, std::apply([&](auto&... a) -> decltype(auto) { return (obj.*pm)(std::move(a)...); }, args));
+      serialize_into(out,
+                     std::apply([&](auto&... a) -> decltype(auto) { return (obj.*member)(std::move(a)...); }, args));
     }
   };
   return m;
@@ -187,9 +165,10 @@ struct ManagerOptions {
   std::uint64_t max_buffered_bytes = std::uint64_t{256} << 20;
   // Connections still in their handshake, counted apart from the above: at
   // most this many (the oldest is dropped for a newcomer), each dropped after
-  // handshake_deadline. Silent peers never crowd out authenticated clients.
+  // handshake_deadline (any duration, `3s`; empty is a ValueError at
+  // start()/serve_forever()). Silent peers never crowd out authenticated clients.
   std::size_t max_unauthenticated = 32;
-  std::chrono::milliseconds handshake_deadline{3000};
+  Timeout handshake_deadline = Timeout::from_nanoseconds(3'000'000'000);
 };
 
 class Manager {
@@ -210,7 +189,22 @@ class Manager {
   void connect();
   // Serves in this process until a client calls stop_server() (then
   // returns). ready(address) runs once listening (a TCP port 0 resolved).
-  void serve_forever(const std::function<void(const Address&)>& ready = {});
+  void serve_forever() { serve_with(nullptr, nullptr); }
+  template <class F>
+    requires std::is_invocable_v<F&, const Address&>
+  void serve_forever(F&& ready) {
+    using Fn = std::remove_cvref_t<F>;
+    // An empty function pointer or std::function (which has result_type)
+    // is no callback, as the std::function this took used to be.
+    if constexpr (std::is_pointer_v<Fn> || requires(const Fn& f) {
+                    typename Fn::result_type;
+                    static_cast<bool>(f);
+                  }) {
+      if (!static_cast<bool>(ready)) return serve_forever();
+    }
+    serve_with([](void* f, const Address& a) { (*static_cast<std::remove_reference_t<F>*>(f))(a); },
+               static_cast<void*>(&ready));
+  }
   // Stops the server this manager started (and waits for it); for a
   // connected manager, only drops this manager's own connections.
   void shutdown();
@@ -300,14 +294,15 @@ class Manager {
   template <class T, class... M>
   void register_type(std::string type_name, M... methods) {
     static_assert(std::is_default_constructible_v<T>, "mproc::Manager::register_type: T must be default-constructible");
-    auto table = std::make_shared<detail::MethodTable<T>>();
-    (table->emplace(methods.name, std::move(methods)), ...);
-    std::shared_ptr<const detail::MethodTable<T>> ct = table;
-    (*types_)[type_name] = [ct, type_name]() -> std::unique_ptr<detail::UserObject> {
-      auto o = std::make_unique<detail::UserObjectOf<T>>(ct);
-      o->type_name = type_name;
-      return o;
-    };
+    static_assert((std::is_same_v<M, detail::Method<T>> && ...),
+                  "mproc::Manager::register_type: methods must be mproc::method(name, &T::member)");
+    detail::UserType type;
+    type.name = std::move(type_name);
+    type.make = []() -> void* { return new T{}; };
+    type.destroy = [](void* obj) noexcept { delete static_cast<T*>(obj); };
+    type.methods.reserve(sizeof...(M));
+    (type.methods.push_back(std::move(methods)), ...);
+    add_type(std::move(type));
   }
   // An instance of a registered type on the server.
   template <class T>
@@ -334,13 +329,16 @@ class Manager {
   detail::ProxyBase make(std::string_view kind, std::uint64_t fingerprint, std::string_view name,
                          std::string_view sig, const Bytes& init);
   void require_running(const char* op) const;
+  void add_type(detail::UserType type);
+  // serve_forever with ready(context, address) (null: none).
+  void serve_with(void (*ready)(void* context, const Address& address), void* context);
 
   ManagerOptions options_;
   Address address_;
   std::string authkey_;
   State state_ = State::idle;
-  std::shared_ptr<detail::TypeRegistry> types_;
-  std::unique_ptr<Process> server_;
+  detail::Owned<detail::TypeRegistry> types_;
+  detail::Owned<Process> server_;
   detail::ServerProxy root_;  // object 0: the server itself
 };
 

@@ -233,17 +233,38 @@ class NamespaceServant final : public ServantOf<proto::NamespaceProtocol, Namesp
 };
 
 // ---- registered user types ------------------------------------------------------------
+// An instance of a registered type (made by the type's make(), one call at a
+// time under ServantOf's lock). A method is found by name and its argument
+// types are checked against the caller's before anything is decoded.
 class UserServant final : public ServantOf<proto::UserProtocol, UserServant> {
  public:
-  explicit UserServant(std::unique_ptr<UserObject> object) : object_(std::move(object)) {}
+  explicit UserServant(std::shared_ptr<const ServedType> type) : type_(std::move(type)), obj_(type_->make()) {}
+  UserServant(const UserServant&) = delete;
+  UserServant& operator=(const UserServant&) = delete;
+  ~UserServant() override { type_->destroy(obj_); }
+
   Bytes on(Tag<"call">, ServantCall&, View method, View arg_types, std::span<const std::byte> args) {
+    auto it = type_->methods.find(method);
+    if (it == type_->methods.end())
+      throw ValueError(fmt::format("mproc::Manager: {} has no method '{}'", type_->name, method));
+    const UserMethod& m = it->second;
+    if (arg_types != m.arg_sig)
+      throw ValueError(fmt::format("mproc::Manager: {}.{} takes ({}), not ({})", type_->name, m.name, m.arg_desc,
+                                   demangle_args(arg_types)));
     Bytes out;
-    object_->invoke(method, arg_types, args, out);
+    m.invoke(m, obj_, args, out);
     return out;
   }
 
  private:
-  std::unique_ptr<UserObject> object_;
+  // "std::tuple<int, std::string>" -> "int, std::string"
+  static std::string demangle_args(View mangled) {
+    std::string d = demangle(std::string(mangled).c_str());
+    if (d.starts_with("std::tuple<") && d.ends_with('>')) return d.substr(11, d.size() - 12);
+    return d;
+  }
+  std::shared_ptr<const ServedType> type_;
+  void* obj_;
 };
 
 constexpr BuiltinKind kContainerKinds[] = {
@@ -259,8 +280,17 @@ constexpr BuiltinKind kContainerKinds[] = {
 
 std::span<const BuiltinKind> container_kinds() { return kContainerKinds; }
 
-std::unique_ptr<Servant> make_user_servant(std::unique_ptr<UserObject> object) {
-  return std::make_unique<UserServant>(std::move(object));
+std::unique_ptr<Servant> make_user_servant(std::shared_ptr<const ServedType> type) {
+  return std::make_unique<UserServant>(std::move(type));
+}
+
+void TypeRegistry::add(UserType type) {
+  auto served = std::make_shared<ServedType>();
+  served->name = type.name;
+  served->make = type.make;
+  served->destroy = type.destroy;
+  for (UserMethod& m : type.methods) served->methods.emplace(m.name, std::move(m));
+  types[std::move(type.name)] = std::move(served);
 }
 
 bool CallContext::peer_gone() const {

@@ -88,6 +88,6 @@ constexpr BuiltinKind builtin_kind() {
 std::span<const BuiltinKind> container_kinds();  // manager_servants.cpp
 std::span<const BuiltinKind> sync_kinds();       // manager_sync_servants.cpp
 // A servant for an instance of a registered user type.
-std::unique_ptr<Servant> make_user_servant(std::unique_ptr<UserObject> object);
+std::unique_ptr<Servant> make_user_servant(std::shared_ptr<const ServedType> type);
 
 }  // namespace mproc::detail

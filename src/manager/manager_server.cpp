@@ -144,10 +144,10 @@ std::unique_ptr<Servant> make_servant(std::string_view kind, std::uint64_t finge
   if (kind == proto::UserProtocol::kind) {
     check(proto::UserProtocol::fingerprint);
     if (!init.empty()) throw DeserializeError("mproc::Manager: creation data for a user object");
-    auto t = types.find(sig);
-    if (t == types.end())
+    auto t = types.types.find(sig);
+    if (t == types.types.end())
       throw ValueError(fmt::format("mproc::Manager: type '{}' is not registered in the server", sig));
-    return make_user_servant(t->second());
+    return make_user_servant(t->second);
   }
   for (auto kinds : {container_kinds(), sync_kinds()})
     for (const BuiltinKind& k : kinds)

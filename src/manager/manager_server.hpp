@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -64,9 +65,25 @@ struct ServerConfig {
   // peers never take an authenticated client's place. When it is full the
   // oldest is dropped; each is dropped at handshake_deadline anyway.
   std::size_t max_unauthenticated = 32;
-  std::chrono::milliseconds handshake_deadline{3000};
+  std::chrono::nanoseconds handshake_deadline{std::chrono::seconds(3)};
   std::size_t max_objects = std::size_t{1} << 20;
   std::shared_ptr<const TypeRegistry> types;
+};
+
+// A registered user type as the server serves it: its methods by name.
+struct ServedType {
+  std::string name;
+  void* (*make)() = nullptr;
+  void (*destroy)(void* obj) noexcept = nullptr;
+  std::map<std::string, UserMethod, std::less<>> methods;
+};
+
+// The user types registered with a Manager (register_type), by name. The
+// server gets a copy when it starts (types registered later are not served).
+struct TypeRegistry {
+  std::map<std::string, std::shared_ptr<const ServedType>, std::less<>> types;
+  // Replaces a type of that name; of two methods with one name, the first serves.
+  void add(UserType type);  // manager_servants.cpp
 };
 
 class Server {

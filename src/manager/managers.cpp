@@ -7,9 +7,11 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <new>
 
 #include "manager/manager_server.hpp"
@@ -20,13 +22,48 @@ namespace mproc {
 
 namespace detail {
 
+// A process's pool of connections to one server. Counted by hand (refs):
+// the registry holds one reference, each proxy's EndpointRef one, each call
+// in flight one; the last release deletes it (closing its idle connections).
 struct Endpoint {
   Address address;
   std::string authkey;
   pid_t pid = 0;
+  std::atomic<std::size_t> refs{1};
   std::mutex mu;
   std::vector<Connection> idle;
 };
+
+namespace {
+
+void retain(Endpoint* ep) noexcept {
+  if (ep) ep->refs.fetch_add(1, std::memory_order_relaxed);
+}
+void release(Endpoint* ep) noexcept {
+  if (ep && ep->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete ep;
+}
+
+// One owned reference to an Endpoint.
+class EndpointPtr {
+ public:
+  EndpointPtr() = default;
+  explicit EndpointPtr(Endpoint* adopt) noexcept : p_(adopt) {}
+  EndpointPtr(EndpointPtr&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  EndpointPtr& operator=(EndpointPtr&& o) noexcept {
+    if (this != &o) release(std::exchange(p_, std::exchange(o.p_, nullptr)));
+    return *this;
+  }
+  ~EndpointPtr() { release(p_); }
+  Endpoint* get() const noexcept { return p_; }
+  Endpoint* operator->() const noexcept { return p_; }
+  Endpoint& operator*() const noexcept { return *p_; }
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+
+ private:
+  Endpoint* p_ = nullptr;
+};
+
+}  // namespace
 
 namespace {
 
@@ -41,7 +78,7 @@ struct Registry {
   std::mutex mu;
   pid_t pid = 0;
   std::uint64_t nonce = 0;  // this process's part of an OwnerId (0: not drawn yet)
-  std::map<std::string, std::shared_ptr<Endpoint>> endpoints;
+  std::map<std::string, EndpointPtr> endpoints;
 };
 
 // 64 random bits, never 0: OwnerIds of processes on different machines (or a
@@ -69,8 +106,8 @@ Registry& g_registry = *new Registry;
 [[maybe_unused]] const int g_registry_atfork =
     ::pthread_atfork([] { g_registry.mu.lock(); }, [] { g_registry.mu.unlock(); }, [] { g_registry.mu.unlock(); });
 
-// With g_registry.mu held.
-std::shared_ptr<Endpoint> endpoint_for_locked(const Address& address, const std::string& authkey) {
+// With g_registry.mu held; the registry keeps its own reference.
+Endpoint* endpoint_for_locked(const Address& address, const std::string& authkey) {
   Registry& r = g_registry;
   const pid_t me = ::getpid();
   if (r.pid != me) {
@@ -79,12 +116,12 @@ std::shared_ptr<Endpoint> endpoint_for_locked(const Address& address, const std:
     r.nonce = 0;
   }
   auto& slot = r.endpoints[endpoint_key(address, authkey)];
-  if (slot) return slot;
-  auto ep = std::make_shared<Endpoint>();
+  if (slot) return slot.get();
+  auto* ep = new Endpoint;
   ep->address = address;
   ep->authkey = authkey;
   ep->pid = me;
-  slot = ep;
+  slot = EndpointPtr(ep);
   return ep;
 }
 
@@ -135,7 +172,7 @@ void spin_for_reply(Connection& c) {
 }  // namespace
 
 void forget_endpoint(const Address& address, const std::string& authkey) {
-  std::shared_ptr<Endpoint> ep;
+  EndpointPtr ep;
   {
     Registry& r = g_registry;
     std::lock_guard lk(r.mu);
@@ -154,31 +191,40 @@ void forget_endpoint(const Address& address, const std::string& authkey) {
 
 // A proxy's ep_ is guarded by the registry's lock, not a lock of its own:
 // that one is held across fork, a per-proxy one could be copied locked.
-EndpointRef::EndpointRef(const EndpointRef& o) : ep_(o.raw()) {}
+EndpointRef::EndpointRef(const EndpointRef& o) {
+  std::lock_guard lk(g_registry.mu);
+  ep_ = o.ep_;
+  retain(ep_);
+}
 
 EndpointRef& EndpointRef::operator=(const EndpointRef& o) {
   if (this == &o) return *this;
-  std::shared_ptr<Endpoint> old;  // released outside the lock
+  EndpointPtr old;  // released outside the lock
   std::lock_guard lk(g_registry.mu);
-  old = std::exchange(ep_, o.ep_);
+  retain(o.ep_);
+  old = EndpointPtr(std::exchange(ep_, o.ep_));
   return *this;
 }
 
+// Not locked, as std::shared_ptr's destructor was not: no other thread may
+// use a proxy being destroyed.
+EndpointRef::~EndpointRef() { release(ep_); }
+
 void EndpointRef::reset() {
-  std::shared_ptr<Endpoint> old;
+  EndpointPtr old;
   std::lock_guard lk(g_registry.mu);
-  old = std::move(ep_);
+  old = EndpointPtr(std::exchange(ep_, nullptr));
 }
 
-std::shared_ptr<Endpoint> EndpointRef::raw() const {
+Endpoint* EndpointRef::acquire(const Address& address, const std::string& authkey) const {
+  EndpointPtr old;
   std::lock_guard lk(g_registry.mu);
-  return ep_;
-}
-
-std::shared_ptr<Endpoint> EndpointRef::get(const Address& address, const std::string& authkey) const {
-  std::shared_ptr<Endpoint> old;
-  std::lock_guard lk(g_registry.mu);
-  if (!ep_ || ep_->pid != ::getpid()) old = std::exchange(ep_, endpoint_for_locked(address, authkey));
+  if (!ep_ || ep_->pid != ::getpid()) {
+    Endpoint* fresh = endpoint_for_locked(address, authkey);
+    retain(fresh);
+    old = EndpointPtr(std::exchange(ep_, fresh));
+  }
+  retain(ep_);
   return ep_;
 }
 
@@ -213,7 +259,7 @@ OwnerId caller_identity() {
 CallResult ProxyBase::call(Bytes&& request) const {
   if (authkey_.empty() && address_.path.empty() && address_.host.empty())
     throw ValueError("mproc: call through an empty proxy (default-constructed or moved from)");
-  auto ep = ep_.get(address_, authkey_);
+  EndpointPtr ep(ep_.acquire(address_, authkey_));
   Connection c = take(*ep);
   CallResult res;
   try {
@@ -255,15 +301,19 @@ namespace {
 }
 
 detail::ServerConfig server_config(const ManagerOptions& o, const std::string& authkey,
-                                   std::shared_ptr<const detail::TypeRegistry> types) {
+                                   const detail::TypeRegistry* types) {
+  if (!o.handshake_deadline)
+    throw ValueError("mproc::Manager: ManagerOptions::handshake_deadline is empty; it needs a time limit "
+                     "(the default is 3 s)");
   detail::ServerConfig config;
   config.authkey = authkey;
   config.max_message_size = o.max_message_size;
   config.max_buffered_bytes = o.max_buffered_bytes;
   config.max_connections = o.max_connections;
   config.max_unauthenticated = o.max_unauthenticated;
-  config.handshake_deadline = o.handshake_deadline;
-  config.types = std::move(types);
+  config.handshake_deadline = std::chrono::nanoseconds(o.handshake_deadline.nanoseconds());
+  config.types = types ? std::make_shared<const detail::TypeRegistry>(*types)
+                       : std::make_shared<const detail::TypeRegistry>();
   return config;
 }
 
@@ -281,7 +331,7 @@ void remove_private_socket(const Address& a) {
 Manager::Manager() : Manager(ManagerOptions{}) {}
 
 Manager::Manager(ManagerOptions options)
-    : options_(std::move(options)), types_(std::make_shared<detail::TypeRegistry>()) {}
+    : options_(std::move(options)), types_(new detail::TypeRegistry) {}
 
 Manager::Manager(Manager&& o) noexcept
     : options_(std::move(o.options_)),
@@ -319,16 +369,17 @@ Manager::~Manager() {
 void Manager::start() {
   if (state_ != State::idle) throw ValueError("Manager::start: the manager is already running");
   authkey_ = options_.authkey.empty() ? random_authkey() : options_.authkey;
+  detail::ServerConfig config = server_config(options_, authkey_, types_.get());  // checks the options
   cleanup_leaked_segments();  // dead creators' named segments go now, not at some later create
   // Default: a Unix socket in a fresh 0700 directory (Listener's empty path).
   auto listener = std::make_shared<Listener>(options_.address.value_or(Address{}), authkey_);
   address_ = listener->address();
-  detail::ServerConfig config = server_config(options_, authkey_, types_);
   ProcessOptions po;
   po.name = "SyncManager";
   po.daemon = true;
   po.start_method = StartMethod::fork;
-  server_ = std::make_unique<Process>(po, [listener, config]() mutable { run_forked_server(*listener, config); });
+  server_ = detail::Owned<Process>(
+      new Process(po, [listener, config]() mutable { run_forked_server(*listener, config); }));
   server_->start();
   listener->set_path_owner(0);
   listener.reset();  // the server's now (the target, and its copy of the socket, go with start())
@@ -346,20 +397,25 @@ void Manager::connect() {
   state_ = State::connected;
 }
 
-void Manager::serve_forever(const std::function<void(const Address&)>& ready) {
+void Manager::serve_with(void (*ready)(void* context, const Address& address), void* context) {
   if (state_ != State::idle) throw ValueError("Manager::serve_forever: the manager is already running");
   if (!options_.address) throw ValueError("Manager::serve_forever: ManagerOptions::address is required");
   authkey_ = options_.authkey;
+  detail::ServerConfig config = server_config(options_, authkey_, types_.get());  // checks the options
   Listener listener(*options_.address, authkey_);
   address_ = listener.address();
-  detail::ServerConfig config = server_config(options_, authkey_, types_);
   state_ = State::serving;
   struct Reset {
     State& s;
     ~Reset() { s = State::idle; }
   } reset{state_};
-  if (ready) ready(address_);
+  if (ready) ready(context, address_);
   detail::serve(listener, std::move(config));
+}
+
+void Manager::add_type(detail::UserType type) {
+  if (!types_) types_ = detail::Owned<detail::TypeRegistry>(new detail::TypeRegistry);  // moved from
+  types_->add(std::move(type));
 }
 
 pid_t Manager::server_pid() const noexcept { return server_ ? server_->pid() : 0; }

@@ -7,12 +7,9 @@
 // Reply frame:   u8 0 | result                       on success
 //                u8 1 | str type name | str what     on failure (rethrown)
 #pragma once
-#include <algorithm>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -25,7 +22,7 @@
 #include "mproc/errors.hpp"
 #include "mproc/listener.hpp"
 #include "mproc/detail/deadline.hpp"
-#include "mproc/process.hpp"  // Timeout
+#include "mproc/timeout.hpp"
 #include "mproc/detail/codec.hpp"
 
 namespace mproc {
@@ -121,23 +118,25 @@ struct CallResult {
   wire::Reader reader() const { return wire::Reader(std::span<const std::byte>(bytes).subspan(1)); }
 };
 
-// A proxy's handle on its process's connection pool, reset after fork.
-// ep_ is guarded by the process-wide proxy registry's lock (managers.cpp),
-// which is held across fork: a lock of its own could be copied into a fork
-// child while another thread held it.
+// A proxy's counted reference to its process's connection pool for its
+// server, reset after fork. The count is the Endpoint's own (managers.cpp;
+// a std::shared_ptr would put <memory> on every proxy user's path). ep_ is
+// guarded by the process-wide proxy registry's lock (managers.cpp), which is
+// held across fork: a lock of its own could be copied into a fork child
+// while another thread held it.
 class EndpointRef {
  public:
   EndpointRef() = default;
   EndpointRef(const EndpointRef& o);
   EndpointRef& operator=(const EndpointRef& o);
-  ~EndpointRef() = default;
+  ~EndpointRef();
   void reset();
-  // This process's pool for (address, authkey).
-  std::shared_ptr<Endpoint> get(const Address& address, const std::string& authkey) const;
+  // This process's pool for (address, authkey), with a reference the caller
+  // owns (managers.cpp's EndpointPtr adopts it).
+  Endpoint* acquire(const Address& address, const std::string& authkey) const;
 
  private:
-  std::shared_ptr<Endpoint> raw() const;
-  mutable std::shared_ptr<Endpoint> ep_;
+  mutable Endpoint* ep_ = nullptr;  // one reference, or null
 };
 
 class ProxyBase {
@@ -287,12 +286,46 @@ struct Codec<proto::Maybe<W>, B> {
     return Codec<W, B>::get(r);
   }
 };
+// The fewest bytes a value of wire type W takes (Codec::put below), for a
+// proxy binding B: what a sized Many reserves per element.
+template <class T>
+constexpr std::size_t min_payload = std::is_arithmetic_v<T> ? sizeof(T) : 0;  // archives write scalars raw
+template <class W, class B>
+struct MinWire {
+  static constexpr std::size_t bytes = 8;  // Blob, Str (u64 length), u64, i64, Seconds, Many
+};
+template <class B>
+struct MinWire<proto::Key, B> {
+  static constexpr std::size_t bytes = 8 + min_payload<typename B::key>;
+};
+template <class B>
+struct MinWire<proto::Val, B> {
+  static constexpr std::size_t bytes = 8 + min_payload<typename B::val>;
+};
+template <class B>
+struct MinWire<bool, B> {
+  static constexpr std::size_t bytes = 1;
+};
+template <class W, class B>
+struct MinWire<proto::Maybe<W>, B> {
+  static constexpr std::size_t bytes = 1;
+};
+template <class A, class C, class B>
+struct MinWire<proto::Pair<A, C>, B> {
+  static constexpr std::size_t bytes = MinWire<A, B>::bytes + MinWire<C, B>::bytes;
+};
+
 template <class W, class B>
 struct Codec<proto::Many<W>, B> {
   using type = std::vector<typename Codec<W, B>::type>;
   // Any range (a vector, a map, an initializer_list); the count is patched.
   template <class Range>
   static void put(Bytes& b, const Range& values) {
+    // A sized range: room for its elements' least size in one allocation,
+    // not a dozen doublings that each touch fresh pages once the allocator
+    // has given the heap's top back (BM_ManagerDictUpdate100k).
+    if constexpr (requires { values.size(); })
+      b.reserve(b.size() + 8 + static_cast<std::size_t>(values.size()) * MinWire<W, B>::bytes);
     const std::size_t at = b.size();
     wire::put_u64(b, 0);
     std::uint64_t n = 0;
@@ -305,7 +338,7 @@ struct Codec<proto::Many<W>, B> {
   static type get(wire::Reader& r) {
     type out;
     const std::uint64_t n = r.u64();
-    out.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(n, r.left())));  // >= 1 byte each
+    out.reserve(static_cast<std::size_t>(n < r.left() ? n : r.left()));  // >= 1 byte each
     for (std::uint64_t i = 0; i < n; ++i) out.push_back(Codec<W, B>::get(r));
     return out;
   }

@@ -18,7 +18,6 @@
 // instead of misreading them. Adding a method: one Op line here, one handler
 // in the servant, one proxy member that calls invoke<"name">.
 #pragma once
-#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -31,7 +30,9 @@ namespace mproc::detail::proto {
 template <std::size_t N>
 struct Name {
   char text[N]{};
-  constexpr Name(const char (&s)[N]) { std::copy_n(s, N, text); }  // NOLINT: implicit by design
+  constexpr Name(const char (&s)[N]) {  // NOLINT: implicit by design
+    for (std::size_t i = 0; i < N; ++i) text[i] = s[i];  // (not std::copy_n: <algorithm> costs ~9k lines)
+  }
   constexpr std::string_view view() const { return {text, N - 1}; }
 };
 

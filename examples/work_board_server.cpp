@@ -6,6 +6,8 @@
 //
 // Port 0 picks a free port; the address actually bound is printed and, if
 // asked, written to address-file (for scripts).
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>

@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -202,8 +203,13 @@ std::optional<std::size_t> CompletionQueue::pop(Deadline until) const {
 std::vector<std::size_t> first_occurrences(const std::vector<const void*>& ids) {
   std::vector<std::size_t> order(ids.size());
   for (std::size_t i = 0; i < ids.size(); ++i) order[i] = i;
-  // Stable by id: within one id, the first position comes first.
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return ids[a] < ids[b]; });
+  // By id, then by position: within one id, the first position comes first.
+  // (Not std::stable_sort: libstdc++ 12's temporary buffer is allocated with
+  // operator new and returned in a way ASan reports as a new/free mismatch.)
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    if (ids[a] != ids[b]) return std::less<const void*>{}(ids[a], ids[b]);
+    return a < b;
+  });
   std::vector<std::size_t> keep;
   keep.reserve(ids.size());
   for (std::size_t k = 0; k < order.size(); ++k)

@@ -582,6 +582,9 @@ TEST(ManagerRemote, ServeForeverOverTcpAndConnect) {
   const std::string key = "remote-key";
   auto [mine, theirs] = mproc::Pipe();
   Process server(serve_on, mproc::Address::tcp("127.0.0.1", 0), key, std::move(theirs));
+  // A daemon: should a step below throw before stop_server(), the destructor
+  // kills the server instead of joining one that serves for ever (a hang).
+  server.set_daemon(true);
   server.start();
   const auto address = mine.recv<mproc::Address>();
   EXPECT_NE(address.port, 0);

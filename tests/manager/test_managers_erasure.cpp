@@ -144,6 +144,7 @@ void serve_with_std_function(mproc::Connection report) {
 TEST(ManagerRemote, ServeForeverTakesAStdFunction) {
   auto [mine, theirs] = mproc::Pipe();
   mproc::Process server(serve_with_std_function, std::move(theirs));
+  server.set_daemon(true);  // killed, not joined for ever, should a step below throw
   server.start();
   const auto address = mine.recv<mproc::Address>();
   Manager client({.address = address, .authkey = "k"});

@@ -38,7 +38,10 @@
 //   a "by process" handle {sender pid, fd number, device,
 //   inode, size}; the receiver fetches the fd with pidfd_getfd (or, where
 //   that is refused, opens `/proc/<pid>/fd/<n>`). Only this process, an
-//   ancestor or a descendant is asked; a handle naming this process (an echo
+//   ancestor or a descendant is asked, and, in a process mproc started,
+//   another descendant of the process that started it while that one lives
+//   (siblings: a Queue or Pipe between two Process children, a pool worker
+//   and a Process); a handle naming this process (an echo
 //   of its own buffer) is found among its live buffers by inode: the same
 //   mapping comes back. The sender must still hold the fd when the receiver
 //   maps it:

@@ -178,6 +178,10 @@ void Engine::Impl::on_result(std::size_t slot, ResultMsg&& msg, Completions& don
                                       id, msg.bulk_len, max_result()));
     const std::span<const std::byte> bytes = w.arena.result(msg.bulk_off, msg.bulk_len);  // checked bounds
     msg.data = spare_for(bytes.size());  // warm pages when a spare fits
+    if (msg.data.capacity() < bytes.size()) {  // fresh memory: one batched prefault, not a fault per page
+      msg.data.reserve(bytes.size());
+      prefault_for_writing(msg.data.data(), bytes.size());
+    }
     msg.data.assign(bytes.begin(), bytes.end());
     w.arena.result_consumed();
   }

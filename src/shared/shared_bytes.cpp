@@ -29,11 +29,13 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "mproc/detail/future_core.hpp"
 #include "mproc/pool_share.hpp"
+#include "mproc/process.hpp"
 #include "mproc/serialize.hpp"
 #include "sys/fd.hpp"
 #include "sys/no_destroy.hpp"
@@ -191,15 +193,28 @@ BytesBlock* adopt(sys::UniqueFd fd, std::uint64_t size) {
   return b.release();
 }
 
-// The fd `number` of process `pid` (an ancestor or a descendant of this
-// one), as a new fd of ours. pidfd_getfd dups the sender's open file (so
-// acknowledge() reaches it); where that is refused (ptrace rules), the
-// /proc/<pid>/fd link is opened, but only when it names a memfd.
+// Whether a handle may name process `pid`: this process, an ancestor, a
+// descendant, or, in a process mproc started, another descendant of the
+// process that started it (a sibling's buffer, through a Queue or Pipe the
+// parent made). That parent must still be an ancestor: once it is gone its
+// pid may belong to anyone, and only the first three remain.
+bool may_fetch_from(pid_t pid, pid_t self) {
+  if (sys::is_self_or_ancestor(pid, self) || sys::is_self_or_ancestor(self, pid)) return true;
+  const std::optional<ProcessInfo> parent = parent_process();
+  return parent && parent->pid > 1 && sys::is_self_or_ancestor(parent->pid, self) &&
+         sys::is_self_or_ancestor(parent->pid, pid);
+}
+
+// The fd `number` of process `pid` (see may_fetch_from), as a new fd of
+// ours. pidfd_getfd dups the sender's open file (so acknowledge() reaches
+// it); where that is refused (ptrace rules), the /proc/<pid>/fd link is
+// opened, but only when it names a memfd.
 sys::UniqueFd fetch(pid_t pid, int number, const std::string& from) {
   const pid_t self = ::getpid();
-  if (!sys::is_self_or_ancestor(pid, self) && !sys::is_self_or_ancestor(self, pid))
+  if (!may_fetch_from(pid, self))
     fail("the handle " + from + " names process " + std::to_string(pid) +
-         ", neither this process nor one of its ancestors or descendants (or it is gone): refused");
+         ", neither this process nor one of its ancestors or descendants, nor a descendant of the process that "
+         "started it (or it is gone): refused");
   if (pid == self) {
     sys::UniqueFd fd(::fcntl(number, F_DUPFD_CLOEXEC, 0));
     if (!fd) fail("this process no longer holds the buffer " + from);

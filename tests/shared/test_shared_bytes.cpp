@@ -108,6 +108,41 @@ void pipe_reply(mproc::Connection conn, std::string gate) {
   wait_for_file(gate);
 }
 
+// Two children of this process: one makes a buffer and puts it on a Queue,
+// the other (its sibling) gets it. Each writes what it saw.
+void sibling_producer(mproc::Queue<SharedBytes> q, std::string out, std::string gate) {
+  SharedBytes made = pattern(1 << 20, 13);
+  q.put(made);                     // seals it
+  write_file(out, describe(made));
+  wait_for_file(gate);  // held until the sibling has mapped it (the Queue rule)
+}
+void sibling_consumer(mproc::Queue<SharedBytes> q, std::string out, std::string gate) {
+  std::string seen;
+  try {
+    SharedBytes got = q.get();
+    seen = describe(got);
+  } catch (const SharedBytesError& e) {
+    seen = std::string("error: ") + e.what();
+  }
+  write_file(gate, "x");
+  write_file(out, seen);
+}
+// In a child: a forged by-process handle naming `pid`; what decoding it says.
+void decode_forged_in_child(std::int64_t pid, std::string out) {
+  mproc::Bytes bytes;
+  mproc::OutputArchive ar(bytes);
+  ar(std::uint8_t{2}, pid, std::int32_t{0}, std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{4096});
+  mproc::InputArchive in(bytes);
+  SharedBytes b;
+  std::string what = "accepted";
+  try {
+    in(b);
+  } catch (const SharedBytesError& e) {
+    what = e.what();
+  }
+  write_file(out, what);
+}
+
 class SharedBytesByMethod : public testing::TestWithParam<mproc::StartMethod> {};
 
 }  // namespace
@@ -188,6 +223,39 @@ TEST_P(SharedBytesByMethod, PipeBothWays) {
     join_ok(p);
   }
   EXPECT_EQ(buffers_open(), before);
+}
+
+TEST_P(SharedBytesByMethod, QueueBetweenSiblings) {
+  TempDir dir;
+  const int before = buffers_open();
+  {
+    mproc::Queue<SharedBytes> q;
+    mproc::Process producer(with(GetParam()), sibling_producer, q, dir.file("made"), dir.file("gate"));
+    mproc::Process consumer(with(GetParam()), sibling_consumer, q, dir.file("got"), dir.file("gate"));
+    producer.start();
+    consumer.start();
+    join_ok(consumer);
+    join_ok(producer);
+    const std::string made = read_file(dir.file("made"));
+    const std::string got = read_file(dir.file("got"));
+    EXPECT_EQ(got, made) << "the sibling maps the producer's memfd: same inode, size and bytes";
+    const SharedBytes expected = pattern(1 << 20, 13);
+    EXPECT_TRUE(got.ends_with(" " + std::to_string(std::size_t{1} << 20) + " " +
+                              std::to_string(checksum(expected.bytes()))))
+        << got;
+  }
+  EXPECT_EQ(buffers_open(), before);
+}
+
+TEST_P(SharedBytesByMethod, AChildStillRefusesHandlesNamingProcessesOutsideItsParentsTree) {
+  // pid 1 is neither the child's relative nor a descendant of this process
+  // (the test binary is a subreaper, not init).
+  TempDir dir;
+  mproc::Process p(with(GetParam()), decode_forged_in_child, std::int64_t{1}, dir.file("why"));
+  p.start();
+  join_ok(p);
+  const std::string why = read_file(dir.file("why"));
+  EXPECT_NE(why.find("neither this process"), std::string::npos) << why;
 }
 
 INSTANTIATE_TEST_SUITE_P(AllMethods, SharedBytesByMethod, MPROC_ALL_METHODS);

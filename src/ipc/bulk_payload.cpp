@@ -27,7 +27,6 @@ constexpr std::size_t kMaxSlabs = 4;
 // fd keeps it alive until it is read).
 constexpr std::size_t kKeepCap = std::size_t{256} << 20;
 constexpr std::size_t kMinCap = std::size_t{1} << 20;
-constexpr std::size_t kHugePage = std::size_t{2} << 20;
 
 struct SlabHeader {
   std::uint32_t magic;
@@ -253,13 +252,6 @@ void read_bulk(BulkState& b, const VerifiedSlab& slab, std::byte* dst, std::size
   // against writes by a hostile sender) only means no reuse.
   const std::uint32_t free_state = kFree;
   (void)!::pwrite(fd, &free_state, sizeof free_state, kStateOffset);
-}
-
-void advise_huge_pages(void* p, std::size_t n) noexcept {
-  if (n < 2 * kHugePage) return;
-  const auto begin = (reinterpret_cast<std::uintptr_t>(p) + kHugePage - 1) & ~(kHugePage - 1);
-  const auto end = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(kHugePage - 1);
-  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
 }  // namespace mproc::detail

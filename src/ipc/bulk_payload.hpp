@@ -140,8 +140,5 @@ VerifiedSlab verify_bulk_fd(int fd, std::uint64_t length);
 // Copies the payload into dst (from a cached mapping, else pread), then
 // marks the slab free. Throws ProtocolError if the file ends early.
 void read_bulk(BulkState& b, const VerifiedSlab& slab, std::byte* dst, std::size_t length);
-// Advises transparent huge pages over a large fresh buffer: on a VM, page
-// faults on 4 KiB pages dominate receiving into a new 64 MiB buffer.
-void advise_huge_pages(void* p, std::size_t n) noexcept;
 
 }  // namespace mproc::detail

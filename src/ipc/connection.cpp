@@ -19,6 +19,7 @@
 #include "ipc/bulk_payload.hpp"
 #include "mproc/detail/deadline.hpp"
 #include "sys/fd.hpp"
+#include "sys/pages.hpp"
 
 namespace mproc {
 
@@ -444,7 +445,7 @@ Bytes Connection::receive_payload(std::uint64_t length64) {
     Bytes out;
     try {
       out.reserve(length);
-      detail::advise_huge_pages(out.data(), length);
+      sys::advise_huge_pages(out.data(), length);
       out.resize(length);
     } catch (...) {
       drop_frame();
@@ -468,7 +469,7 @@ Bytes Connection::receive_payload(std::uint64_t length64) {
         if (in_got_ >= length / kReserveAhead) {
           try {
             in_.reserve(length);
-            detail::advise_huge_pages(in_.data(), length);
+            sys::advise_huge_pages(in_.data(), length);
           } catch (const std::bad_alloc&) {  // no address space to spare (RLIMIT_AS): just double
           }
         }

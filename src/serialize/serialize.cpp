@@ -3,14 +3,14 @@
 #include "mproc/serialize.hpp"
 
 #include <cxxabi.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <memory>
 #include <new>
 #include <stdexcept>
 #include <string>
+
+#include "sys/pages.hpp"
 
 namespace mproc {
 
@@ -29,17 +29,7 @@ void InputArchive::throw_size(std::uint64_t size, std::size_t each) const {
 
 namespace detail {
 void prefault_for_writing(void* p, std::size_t n) noexcept {
-  if (n < kPrefaultBytes) return;
-  constexpr std::uintptr_t kPage = 4096;  // the probe's granularity; a larger page size only wastes a probe
-  const auto begin = (reinterpret_cast<std::uintptr_t>(p) + kPage - 1) & ~(kPage - 1);
-  const auto end = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(kPage - 1);
-  if (end <= begin) return;
-  // Resident at both ends: the heap's own warm pages (nothing to gain).
-  unsigned char first = 0, last = 0;
-  if (::mincore(reinterpret_cast<void*>(begin), kPage, &first) == 0 &&
-      ::mincore(reinterpret_cast<void*>(end - kPage), kPage, &last) == 0 && (first & 1) && (last & 1))
-    return;
-  (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);  // EINVAL before Linux 5.14: faults as before
+  if (n >= kPrefaultBytes) sys::prefault_for_writing(p, n);
 }
 }  // namespace detail
 

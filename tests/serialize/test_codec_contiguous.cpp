@@ -9,6 +9,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <fstream>
+#include <sstream>
 #include <numeric>
 #include <string>
 #include <tuple>
@@ -104,4 +106,45 @@ TEST(CodecContiguous, PrefaultMakesFreshMemoryResident) {
   ASSERT_EQ(::munmap(p, n), 0);
   if (got == 0u) GTEST_SKIP() << "this kernel has no MADV_POPULATE_WRITE";
   EXPECT_EQ(got, resident.size());
+}
+
+namespace {
+// The VmFlags of the mapping that holds address `a`, from /proc/self/smaps.
+std::string vm_flags_at(std::uintptr_t a) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    std::uintptr_t lo = 0, hi = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (head >> std::hex >> lo >> dash >> hi && dash == '-') {
+      inside = lo <= a && a < hi;
+      continue;
+    }
+    if (inside && line.rfind("VmFlags:", 0) == 0) return line;
+  }
+  return "";
+}
+}  // namespace
+
+TEST(CodecContiguous, LargeFreshMemoryIsAdvisedHugePagesInsideItsRangeOnly) {
+  std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string modes;
+  std::getline(thp, modes);
+  if (modes.empty() || modes.find("[never]") != std::string::npos) GTEST_SKIP() << "no transparent huge pages here";
+  constexpr std::size_t kHuge = std::size_t{2} << 20;
+  const std::size_t n = 4 * kHuge;  // 8 MiB at an offset of 1 MiB from a 2 MiB boundary
+  void* map = ::mmap(nullptr, n + 2 * kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(map, MAP_FAILED);
+  const auto aligned = (reinterpret_cast<std::uintptr_t>(map) + kHuge - 1) & ~(kHuge - 1);
+  auto* p = reinterpret_cast<unsigned char*>(aligned + kHuge / 2);
+  mproc::detail::prefault_for_writing(p, n);
+  const std::string inside = vm_flags_at(aligned + kHuge);           // in [p, p + n), 2 MiB-aligned
+  const std::string before = vm_flags_at(reinterpret_cast<std::uintptr_t>(p));  // p's own, unaligned huge page
+  const std::string after = vm_flags_at(reinterpret_cast<std::uintptr_t>(p) + n + kHuge / 4);  // past the range
+  ASSERT_EQ(::munmap(map, n + 2 * kHuge), 0);
+  EXPECT_NE(inside.find(" hg"), std::string::npos) << inside;
+  EXPECT_EQ(before.find(" hg"), std::string::npos) << "the partial huge page at the start holds memory outside the range: " << before;
+  EXPECT_EQ(after.find(" hg"), std::string::npos) << after;
 }

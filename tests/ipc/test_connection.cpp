@@ -19,6 +19,7 @@
 #include "mproc/context.hpp"
 #include "mproc/process.hpp"
 #include "mproc/serialize.hpp"  // sends a std::variant
+#include "ipc/connection_test_util.hpp"
 
 namespace {
 
@@ -50,14 +51,7 @@ mproc::ProcessOptions forked() {
   return o;
 }
 
-// A raw frame header, as a hostile or broken peer would write it.
-std::vector<unsigned char> header(std::uint32_t magic, std::uint32_t tag, std::uint64_t length) {
-  std::vector<unsigned char> h(Connection::kHeaderSize);
-  std::memcpy(h.data(), &magic, 4);
-  std::memcpy(h.data() + 4, &tag, 4);
-  std::memcpy(h.data() + 8, &length, 8);
-  return h;
-}
+using connectiontest::header;  // a raw frame header, as a hostile or broken peer writes it
 
 void raw_write(int fd, const void* p, std::size_t n) { ASSERT_EQ(::write(fd, p, n), static_cast<ssize_t>(n)); }
 void raw_write(int fd, const std::vector<unsigned char>& v) { raw_write(fd, v.data(), v.size()); }

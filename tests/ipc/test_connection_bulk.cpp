@@ -21,6 +21,7 @@
 #include "mproc/connection.hpp"
 #include "mproc/process.hpp"
 #include "sys/fd.hpp"
+#include "ipc/connection_test_util.hpp"
 
 namespace {
 
@@ -44,13 +45,7 @@ Bytes pattern(std::size_t n, unsigned seed) {
   return b;
 }
 
-std::vector<unsigned char> header(std::uint32_t magic, std::uint32_t tag, std::uint64_t length) {
-  std::vector<unsigned char> h(Connection::kHeaderSize);
-  std::memcpy(h.data(), &magic, 4);
-  std::memcpy(h.data() + 4, &tag, 4);
-  std::memcpy(h.data() + 8, &length, 8);
-  return h;
-}
+using connectiontest::header;  // a raw frame header, as a hostile or broken peer writes it
 
 // What a hostile peer writes: `bytes` with `fd` attached (none if -1).
 void send_raw(int sock, const std::vector<unsigned char>& bytes, int fd) {

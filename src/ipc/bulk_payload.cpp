@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "mproc/errors.hpp"
+#include "sys/shared_copy.hpp"
 
 namespace mproc::detail {
 
@@ -102,7 +103,7 @@ int BulkSender::stage(std::span<const std::span<const std::byte>> parts, std::si
   // fault per 4 KiB page inside memcpy.
   (void)::madvise(dst, total, MADV_POPULATE_WRITE);
   for (std::span<const std::byte> part : parts) {
-    if (!part.empty()) std::memcpy(dst, part.data(), part.size());
+    if (!part.empty()) sys::copy_to_shared(dst, part.data(), part.size());  // the receiver reads it next
     dst += part.size();
   }
   header_of(use->map)->state.store(kInFlight, std::memory_order_release);

@@ -11,7 +11,9 @@
 #include <cstring>
 #include <utility>
 
+#include "mproc/call.hpp"
 #include "mproc/errors.hpp"
+#include "sys/shared_copy.hpp"
 
 namespace mproc::detail {
 
@@ -28,16 +30,22 @@ constexpr std::size_t align_up(std::size_t n) { return (n + kAlign - 1) & ~(kAli
 std::optional<std::size_t> RegionFifo::take(std::size_t len, std::uint64_t tag) {
   len = align_up(std::max<std::size_t>(len, 1));
   if (len > cap_) return std::nullopt;
+  peak_ = std::max(peak_, held_ + len);  // counted even when it fails: the demand seen
   std::size_t off = 0;
   if (!regions_.empty()) {
     const std::size_t first = regions_.front().off;
     const std::size_t end = regions_.back().off + regions_.back().len;
     if (regions_.back().off >= first) {  // held: [first, end); free: [end, cap) and [0, first)
-      // Back to the start as soon as it is free there: a steady stream then
-      // cycles over the same few regions (pages faulted once) instead of
-      // walking the whole area.
-      if (first >= len) off = 0;
+      // Back to the start early, once [0, first) has room for the most this
+      // FIFO has held at once plus this region: a steady stream then cycles
+      // over about twice what it keeps in flight (pages faulted once, still
+      // in cache) instead of walking the whole area, and after the wrap,
+      // where only [end, first) is free, the regions that follow still fit.
+      // (Wrapping as soon as `len` fitted left no room for the next task when
+      // more went in flight: it went inline, a copy through fresh memory.)
+      if (first >= peak_ + len) off = 0;
       else if (cap_ - end >= len) off = end;
+      else if (first >= len) off = 0;  // the ring's ordinary wrap
       else return std::nullopt;
     } else {  // wrapped (the newest lies before the oldest): held [first, cap) and [0, end); free: [end, first)
       if (first - end >= len) off = end;
@@ -45,6 +53,7 @@ std::optional<std::size_t> RegionFifo::take(std::size_t len, std::uint64_t tag) 
     }
   }
   regions_.push_back({tag, off, len});
+  held_ += len;
   return off;
 }
 
@@ -53,15 +62,26 @@ bool RegionFifo::give_back(std::uint64_t tag) {
     if (it->tag != tag) continue;
     // Out of order (rare: a task resent elsewhere): its bytes stay held
     // until those before it go, but it no longer counts as the last.
-    if (it == regions_.begin() || std::next(it) == regions_.end()) regions_.erase(it);
-    else it->tag = ~std::uint64_t{0};  // a hole, freed with its neighbours
-    while (!regions_.empty() && regions_.front().tag == ~std::uint64_t{0}) regions_.pop_front();
+    if (it == regions_.begin() || std::next(it) == regions_.end()) {
+      held_ -= it->len;
+      regions_.erase(it);
+    } else {
+      it->tag = kHole;  // freed with its neighbours
+    }
+    while (!regions_.empty() && regions_.front().tag == kHole) pop_oldest();
     return true;
   }
   return false;
 }
 
+void RegionFifo::pop_oldest() noexcept {
+  held_ -= regions_.front().len;
+  regions_.pop_front();
+}
+
 // ---- TaskArena --------------------------------------------------------------
+
+void copy_into_arena(std::byte* dst, const void* src, std::size_t n) noexcept { sys::copy_to_shared(dst, src, n); }
 
 struct TaskArena::Header {
   std::atomic<std::uint64_t> results_consumed;  // written by the engine only
@@ -134,7 +154,7 @@ std::byte* TaskArena::argument_data(std::size_t off) const noexcept { return bas
 
 std::optional<std::size_t> TaskArena::stage_argument(std::uint64_t task, std::span<const std::byte> payload) {
   const auto off = reserve_argument(task, payload.size());
-  if (off) std::memcpy(argument_data(*off), payload.data(), payload.size());
+  if (off) sys::copy_to_shared(argument_data(*off), payload.data(), payload.size());
   return off;
 }
 
@@ -167,7 +187,7 @@ std::optional<std::size_t> TaskArena::place_result(std::span<const std::byte> da
   if (!off) return std::nullopt;
   std::byte* dst = base_ + kResultsAt + *off;
   (void)::madvise(dst, data.size(), MADV_POPULATE_WRITE);
-  std::memcpy(dst, data.data(), data.size());
+  sys::copy_to_shared(dst, data.data(), data.size());  // the engine reads it next, on another core
   ++results_placed_;
   return off;
 }

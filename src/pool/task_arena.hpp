@@ -19,8 +19,9 @@
 // engine copies it out once.
 //
 // Both areas are FIFO regions (RegionFifo): a region is taken after the last
-// one still held, or from the start when that one is free, so a steady stream
-// reuses the same pages (faulted once per worker, not per task).
+// one still held, or from the start once the start has room for all that is
+// held plus it, so a steady stream reuses the same pages (faulted once per
+// worker, not per task) and keeps finding room after each wrap.
 //
 // Region lifecycle (which transition settles each):
 //   argument: staged (send) ──result of that task read (on_result)──▶ free
@@ -59,17 +60,21 @@ class RegionFifo {
   std::optional<std::size_t> take(std::size_t len, std::uint64_t tag);
   // Gives back the region tagged `tag` (the oldest, normally). False if none.
   bool give_back(std::uint64_t tag);
-  void pop_oldest() { regions_.pop_front(); }
+  // Frees the oldest region (there must be one).
+  void pop_oldest() noexcept;
   bool empty() const noexcept { return regions_.empty(); }
   std::size_t cap() const noexcept { return cap_; }
 
  private:
+  static constexpr std::uint64_t kHole = ~std::uint64_t{0};  // given back out of order, still in line
   struct Region {
     std::uint64_t tag;
     std::size_t off, len;
   };
   std::size_t cap_;
   std::deque<Region> regions_;
+  std::size_t held_ = 0;  // the regions' bytes, holes included
+  std::size_t peak_ = 0;  // the most held (or asked for) at once: how early take() may wrap
 };
 
 class TaskArena {

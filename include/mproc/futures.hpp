@@ -39,13 +39,25 @@ class WorkerCrashed : public Error {
   int exitcode_;
 };
 
-// The worker running a task broke the pool's protocol (its result ring
-// overwritten, a malformed or oversized record, a result for another task):
-// the engine killed it (exitcode -SIGKILL) and replaced it. Only that task
-// fails; what() says what was wrong.
+// A task's worker went wrong in a way the pool caught, and was replaced.
+// Only that task fails; what() says what was wrong. Two ways:
+//   - the worker broke the pool's protocol (its result ring overwritten, a
+//     malformed or oversized record, a result for another task): the engine
+//     killed it, exitcode() -SIGKILL;
+//   - the task broke its worker (closed or replaced the fds the worker talks
+//     to the pool through), which the worker found after the task and
+//     reported before stopping itself: exitcode() 1, as a Process whose
+//     target threw (broken_by_task).
 class WorkerFault : public WorkerCrashed {
  public:
+  // The first way: the engine found `what` and killed the worker.
   WorkerFault(std::uint64_t task, pid_t pid, const std::string& what);
+  // The second way: `what` is the worker's own report.
+  static WorkerFault broken_by_task(std::uint64_t task, pid_t pid, const std::string& what);
+
+ private:
+  WorkerFault(const std::string& message, std::uint64_t task, pid_t pid, int exitcode)
+      : WorkerCrashed(message, task, pid, exitcode) {}
 };
 
 // A task's result was larger than the pool's limit

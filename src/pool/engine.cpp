@@ -189,8 +189,8 @@ void Engine::Impl::on_result(std::size_t slot, ResultMsg&& msg, Completions& don
   if (encode_error && !msg.fault) error = encode_error;
   else if (msg.too_large) error = std::make_exception_ptr(ResultTooLarge(id, msg.too_large, max_result()));
   else if (msg.fault)  // this task broke the worker's fds (it stops next)
-    error = std::make_exception_ptr(
-        WorkerFault(id, w.pid, std::string(reinterpret_cast<const char*>(msg.data.data()), msg.data.size())));
+    error = std::make_exception_ptr(WorkerFault::broken_by_task(
+        id, w.pid, std::string(reinterpret_cast<const char*>(msg.data.data()), msg.data.size())));
   else if (!msg.ok) error = std::make_exception_ptr(to_remote_error(from_bytes<ErrorInfo>(msg.data)));
   ++w.records;
   if (msg.retiring) sched.worker_retiring(slot);

@@ -32,6 +32,11 @@ WorkerFault::WorkerFault(std::uint64_t task, pid_t pid, const std::string& what)
     : WorkerCrashed(fmt::format("task {}: worker {} broke the pool protocol and was killed: {}", task, pid, what), task,
                     pid, -SIGKILL) {}
 
+WorkerFault WorkerFault::broken_by_task(std::uint64_t task, pid_t pid, const std::string& what) {
+  // The worker stops by throwing out of its target: exit status 1.
+  return WorkerFault(fmt::format("task {}: it broke its pool worker {}: {}", task, pid, what), task, pid, 1);
+}
+
 ResultTooLarge::ResultTooLarge(std::uint64_t task, std::uint64_t size, std::uint64_t limit)
     : Error(fmt::format("task {}: its result is {} bytes, over the pool's limit of {} bytes "
                         "(PoolOptions::max_result_bytes)",

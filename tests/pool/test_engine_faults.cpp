@@ -399,6 +399,12 @@ void expect_fd_breaker_fails_alone(int (*culprit)(), const char* how) {
   const std::string what = e->what();
   EXPECT_NE(what.find("task socket (fd "), std::string::npos) << what;
   EXPECT_NE(what.find(how), std::string::npos) << what;
+  // The worker stopped itself, as its report says: no signal, no "killed"
+  // (it read "broke the pool protocol and was killed", exitcode -SIGKILL).
+  EXPECT_EQ(e->exitcode(), 1) << what;
+  EXPECT_EQ(e->signal(), 0) << what;
+  EXPECT_EQ(what.find("killed"), std::string::npos) << what;
+  EXPECT_NE(what.find("it broke its pool worker " + std::to_string(worker)), std::string::npos) << what;
   for (int i = 0; i < 20; ++i) {
     auto& f = after[static_cast<std::size_t>(i)];
     ASSERT_TRUE(f.wait_for(60s)) << "an innocent task hangs";

@@ -10,6 +10,7 @@
 namespace mproc::sys {
 
 void copy_to_shared(void* dst, const void* src, std::size_t n) noexcept {
+  if (n == 0) return;  // an empty vector's data() may be null: memcpy must not see it
 #if defined(__x86_64__)
   if (n >= kStreamingCopyBytes) {
     auto* d = static_cast<unsigned char*>(dst);

@@ -122,6 +122,8 @@ FLOORS = [
     ("BM_RawSocketPingPong", "1-byte ping-pong over a socketpair", "time"),
     ("BM_RawSocketStream64MiB", "64 MiB over a socketpair + 1-byte ack", "bw"),
     ("BM_Memcpy64MiB", "memcpy of 64 MiB between buffers already faulted in", "bw"),
+    ("BM_FreshResults/1048576", "128 fresh 1 MiB vectors prefaulted and filled, no IPC (an echo's results)", "bw"),
+    ("BM_FreshResults/16777216", "8 fresh 16 MiB vectors prefaulted and filled, no IPC (an echo's results)", "bw"),
     ("BM_RawFutexPingPong", "ping-pong through a shared futex word (wait/wake, no spin)", "time"),
     ("1cpu:BM_RawPipePingPong", "1-byte ping-pong over two pipes, both on 1 CPU", "time"),
     ("1cpu:BM_RawSocketPingPong", "1-byte ping-pong over a socketpair, both on 1 CPU", "time"),
@@ -470,6 +472,14 @@ def main():
             continue
         v = by[lbl][field]
         target(text, v, v is not None and (v >= need if field == "speedup" else v <= need))
+    # Informative: an echo against what its caller must do anyway, allocate
+    # and fill fresh result vectors (BM_FreshResults, no IPC); 100% = at it.
+    for size, tag in ((1048576, "1 MiB"), (16777216, "16 MiB")):
+        echo_bw = median_of(mp_rounds, f"BM_PoolMapBulk/echo/{size}")
+        fresh_bw = median_of(mp_rounds, f"BM_FreshResults/{size}")
+        if isinstance(echo_bw, float) and isinstance(fresh_bw, float) and fresh_bw > 0:
+            targets.append(f"| (informative) Pool.map {tag} echo as a share of its fresh-result floor "
+                           f"({fmt_val(fresh_bw, 'bw')}) | {100 * echo_bw / fresh_bw:.0f}% | — |")
     q = by.get("Queue 1→1, 1 MiB messages")
     if q:
         v = median_of(mp_rounds, "BM_Queue1MiB")

@@ -5,7 +5,6 @@
 // Targets: Connection.send_bytes 64 MiB >= 80% of BM_RawSocketStream64MiB;
 // Queue 1 MiB messages >= 2 GB/s.
 #include <benchmark/benchmark.h>
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -17,6 +16,7 @@
 #include <vector>
 
 #include "mproc/connection.hpp"
+#include "mproc/detail/archive.hpp"  // prefault_for_writing, for the fresh-result floor
 #include "mproc/executor.hpp"
 #include "mproc/pool.hpp"
 #include "mproc/process.hpp"
@@ -147,10 +147,11 @@ BENCHMARK(BM_Queue1MiB)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 // Floor for an echo's results: one process, no IPC, making what a map's
 // caller must make for its results: `count` fresh std::vectors of `size`
-// bytes (128 MiB, as BM_PoolMapBulk), each prefaulted in one batch
-// (MADV_HUGEPAGE from 4 MiB, then MADV_POPULATE_WRITE, as the codec does) and filled by memcpy, then all
-// freed. Where first-touching fresh memory is dear (a VM: ~12 µs a 4 KiB
-// page here), this, not memcpy, bounds any library whose results are new
+// bytes (128 MiB, as BM_PoolMapBulk), each prefaulted in one batch by the
+// codec's own prefault_for_writing (huge pages from 4 MiB, then
+// MADV_POPULATE_WRITE) and filled by memcpy, then all freed. Where
+// first-touching fresh memory is dear (a VM: ~9 µs a 4 KiB page here, even
+// in one batch), this, not memcpy, bounds any library whose results are new
 // vectors, CPython's bytes included.
 void BM_FreshResults(benchmark::State& state) {
   const auto size = static_cast<std::size_t>(state.range(0));
@@ -162,12 +163,7 @@ void BM_FreshResults(benchmark::State& state) {
     for (std::size_t i = 0; i < count; ++i) {
       std::vector<unsigned char> v;
       v.reserve(size);
-      const auto at = reinterpret_cast<std::uintptr_t>(v.data());
-      const std::uintptr_t begin = (at + 4095) & ~std::uintptr_t{4095}, end = (at + size) & ~std::uintptr_t{4095};
-      const std::uintptr_t huge = std::uintptr_t{2} << 20;  // huge pages where 2 MiB fit, as the codec asks
-      const std::uintptr_t hbegin = (at + huge - 1) & ~(huge - 1), hend = (at + size) & ~(huge - 1);
-      if (size >= 2 * huge && hend > hbegin) (void)::madvise(reinterpret_cast<void*>(hbegin), hend - hbegin, MADV_HUGEPAGE);
-      if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+      mproc::detail::prefault_for_writing(v.data(), size);
       v.assign(src.begin(), src.end());
       out.push_back(std::move(v));
     }

@@ -140,7 +140,7 @@ void load_set(CerealIn& ar, Set& set) {
   for (std::size_t i = 0; i < n; ++i) {
     K key{};
     ar(key);
-    hint = set.emplace_hint(hint, std::move(key));
+    hint = emplace_in_wire_order(set, hint, std::move(key));
   }
 }
 
@@ -155,7 +155,7 @@ void load_map(CerealIn& ar, Map& map) {
     K key{};
     V value{};
     ar(key, value);
-    hint = map.emplace_hint(hint, std::move(key), std::move(value));
+    hint = emplace_in_wire_order(map, hint, std::move(key), std::move(value));
   }
 }
 

@@ -209,6 +209,19 @@ concept map_like = requires(C& c, typename C::key_type k, typename C::mapped_typ
   c.emplace_hint(c.begin(), std::move(k), std::move(v));
 };
 
+// Inserts a decoded element of a map or set where the sender's iteration
+// order puts it, so the equal keys of a multimap or multiset keep their
+// order. Ordered: at end(), O(1) for the sorted order a sender writes and
+// still right, O(log n), for any other (a hint at the previous element would
+// put an equal key in front of it, reversing runs of equal keys). Unordered:
+// after the previous element, the one hint libstdc++ follows for an equal
+// key (without it a new equal key goes in front of its equals).
+template <class C, class... Args>
+typename C::iterator emplace_in_wire_order(C& c, typename C::iterator previous, Args&&... args) {
+  if constexpr (requires { typename C::key_compare; }) return c.emplace_hint(c.end(), std::forward<Args>(args)...);
+  else return c.emplace_hint(previous, std::forward<Args>(args)...);
+}
+
 // A trivially copyable class with no serialization of its own is copied as
 // bytes. It must also be copy-constructible (GCC calls std::mutex trivially
 // copyable). Views are excluded: their pointers mean nothing elsewhere.
@@ -463,7 +476,7 @@ void decode(InputArchive& ar, T& t) {
       V value{};
       decode(ar, key);
       decode(ar, value);
-      hint = t.emplace_hint(hint, std::move(key), std::move(value));
+      hint = emplace_in_wire_order(t, hint, std::move(key), std::move(value));
     }
   } else if constexpr (k == Kind::set) {
     using K = typename T::key_type;
@@ -473,7 +486,7 @@ void decode(InputArchive& ar, T& t) {
     for (std::size_t i = 0; i < n; ++i) {
       K key{};
       decode(ar, key);
-      hint = t.emplace_hint(hint, std::move(key));
+      hint = emplace_in_wire_order(t, hint, std::move(key));
     }
   } else if constexpr (k == Kind::sequence) {
     const std::size_t n = ar.load_size(min_wire_size<typename T::value_type>);
